@@ -1,0 +1,105 @@
+"""The `generalist` command: train, resume, list recipes, show a config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from generalist.config import RunConfig, apply_overrides
+from generalist.errors import GeneralistError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="generalist", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a recipe into a run folder (or --resume one)")
+    train.add_argument("--recipe", help="a recipe name (see `generalist recipes`)")
+    train.add_argument("--run-dir", required=True, help="the run folder; must not hold a run unless --resume")
+    train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    train.add_argument("--backend", choices=["ray", "local"], help="shortcut for runtime.backend=...")
+    train.add_argument("--data-root", help="dataset folder (default: $GENERALIST_DATA)")
+    train.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    train.add_argument("--seed", type=int, help="shortcut for seed=...")
+    train.add_argument("--quiet", action="store_true")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. schedule.epochs=2")
+
+    show = sub.add_parser("config", help="print the resolved config of a recipe with overrides, as JSON")
+    show.add_argument("--recipe", required=True)
+    show.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+
+    sub.add_parser("recipes", help="list the named recipes")
+    _add_optional_commands(sub)
+    return parser
+
+
+def _add_optional_commands(sub) -> None:
+    """`eval` and `report` live in their own modules; they register here when present."""
+    for module in ("generalist.eval_cli",):
+        try:
+            __import__(module, fromlist=["register"]).register(sub)
+        except ModuleNotFoundError as error:
+            if error.name != module:
+                raise
+
+
+def resolve_config(recipe: str | None, overrides: list[str], run_dir: Path | None = None,
+                   resume: bool = False) -> RunConfig:
+    from generalist.recipes import get_recipe
+    from generalist.run_folder import RunFolder
+
+    if resume and recipe is None:
+        config = RunFolder(run_dir).load_config()
+    elif recipe is None:
+        raise GeneralistError("--recipe is required (see `generalist recipes`), or --resume an existing run")
+    else:
+        config = get_recipe(recipe)
+    return apply_overrides(config, overrides)
+
+
+def _train(args) -> int:
+    from generalist.distributed import train
+
+    overrides = list(args.overrides)
+    if args.backend:
+        overrides.append(f"runtime.backend={args.backend}")
+    if args.data_root:
+        overrides.append(f"data.root={json.dumps(str(Path(args.data_root).resolve()))}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    config = resolve_config(args.recipe, overrides, Path(args.run_dir), args.resume)
+    train(config, args.run_dir, resume=args.resume, address=args.address or os.environ.get("RAY_ADDRESS"),
+          quiet=args.quiet)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return _train(args)
+        if args.command == "config":
+            print(resolve_config(args.recipe, args.overrides).to_json())
+            return 0
+        if args.command == "recipes":
+            from generalist.recipes import get_recipe, recipe_names
+
+            for name in recipe_names():
+                config = get_recipe(name)
+                learners = ", ".join(l.name for l in config.learners)
+                print(f"{name:22s} {config.model.name:16s} {config.schedule.epochs:4d} epochs  learners: {learners}")
+            return 0
+        return args.handler(args)
+    except GeneralistError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

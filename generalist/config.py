@@ -1,0 +1,369 @@
+"""Run configuration: nested dataclasses validated on creation, plus `a.b=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from generalist.errors import ConfigError
+
+DATASET_NAMES = ("cifar10", "mnist", "fashion-mnist")
+MODEL_NAMES = ("small-cnn", "resnet18", "preact-resnet18", "wrn-28-10", "wrn-34-10")
+NORMS = ("none", "Linf", "L2", "L1")
+OBJECTIVES = ("ce", "trades", "avg", "max", "msd", "e-at")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(value, choices, n=3, cutoff=0.4)
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        raise ConfigError(f"{name}={value!r} is not valid{hint}; choose one of {', '.join(choices)}")
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    dataset: str = "cifar10"
+    root: str | None = None  # None: $GENERALIST_DATA
+    download: bool = False  # torchvision download into root (needs internet)
+    train_subset: int | None = None  # first n training examples after the validation split
+    val_size: int = 1000  # held out of the training set for model selection, never the test set
+    batch_size: int = 128
+    augment: bool = True  # RandomCrop(pad 4) + horizontal flip, seeded per (epoch, step)
+
+    def __post_init__(self) -> None:
+        _choice("data.dataset", self.dataset, DATASET_NAMES)
+        _check(self.batch_size >= 1, f"data.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.val_size >= 0, f"data.val_size must be >= 0, got {self.val_size}")
+        _check(
+            self.train_subset is None or self.train_subset >= self.batch_size,
+            f"data.train_subset={self.train_subset} must be >= data.batch_size={self.batch_size} (or null for all)",
+        )
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    name: str = "resnet18"
+
+    def __post_init__(self) -> None:
+        _choice("model.name", self.name, MODEL_NAMES)
+
+
+@dataclass(kw_only=True)
+class AttackConfig:
+    """A PGD threat: the training attack of a learner or an evaluation attack."""
+
+    norm: str = "Linf"
+    eps: float = 8 / 255
+    step_size: float = 2 / 255
+    steps: int = 10
+    random_start: bool = True
+
+    def __post_init__(self) -> None:
+        _choice("attack.norm", self.norm, NORMS[1:])
+        _check(
+            math.isfinite(self.eps) and self.eps > 0,
+            f"attack eps must be > 0, got {self.eps} (write it as a fraction, e.g. eps=8/255)",
+        )
+        _check(
+            math.isfinite(self.step_size) and self.step_size > 0,
+            f"attack step_size must be > 0, got {self.step_size} (e.g. step_size=2/255)",
+        )
+        _check(self.steps >= 1, f"attack steps must be >= 1, got {self.steps}")
+
+
+@dataclass(kw_only=True)
+class LearnerConfig:
+    """One base learner: its objective, its optimiser and its final mixing weight."""
+
+    name: str
+    objective: str = "ce"  # "ce" on clean x when attack is None, else CE on attack points
+    attack: AttackConfig | None = None
+    extra_attacks: list[AttackConfig] = field(default_factory=list)  # multi-norm objectives (avg, max, msd, e-at)
+    trades_beta: float = 6.0
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    final_weight: float = 1.0  # gamma_k at the end of training; the weights of a run sum to 1
+
+    def __post_init__(self) -> None:
+        _check(bool(re.fullmatch(r"[a-z0-9][a-z0-9_-]*", self.name)),
+               f"learner name {self.name!r} must be lower-case letters, digits, '-' or '_'")
+        _choice(f"learners.{self.name}.objective", self.objective, OBJECTIVES)
+        _check(math.isfinite(self.lr) and self.lr > 0, f"learners.{self.name}.lr must be > 0, got {self.lr}")
+        _check(0 <= self.momentum < 1, f"learners.{self.name}.momentum must be in [0, 1), got {self.momentum}")
+        _check(self.weight_decay >= 0, f"learners.{self.name}.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(0 <= self.final_weight <= 1,
+               f"learners.{self.name}.final_weight must be in [0, 1], got {self.final_weight}")
+        if self.objective in ("trades",) or (self.objective == "ce" and self.attack is not None):
+            pass
+        if self.objective != "ce":
+            _check(self.attack is not None, f"learners.{self.name}: objective {self.objective!r} needs an attack")
+        if self.objective in ("avg", "max", "msd", "e-at"):
+            _check(len(self.extra_attacks) >= 1,
+                   f"learners.{self.name}: objective {self.objective!r} needs extra_attacks (a second threat)")
+
+    @property
+    def threats(self) -> list[AttackConfig]:
+        return ([self.attack] if self.attack else []) + list(self.extra_attacks)
+
+
+@dataclass(kw_only=True)
+class ScheduleConfig:
+    """Epoch budget and the piecewise-linear lr schedule, both evaluated at the 1-based epoch e."""
+
+    epochs: int = 120
+    lr_knots: list[float] = field(default_factory=lambda: [0.0, 1 / 3, 2 / 3, 1.0])  # fractions of epochs
+    lr_factors: list[float] = field(default_factory=lambda: [1.0, 1.0, 0.1, 0.01])  # times each learner's lr
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, f"schedule.epochs must be >= 1, got {self.epochs}")
+        _check(len(self.lr_knots) == len(self.lr_factors) >= 2,
+               "schedule.lr_knots and schedule.lr_factors must have the same length (>= 2)")
+        _check(all(a < b for a, b in zip(self.lr_knots, self.lr_knots[1:])),
+               "schedule.lr_knots must be strictly increasing fractions of training")
+        _check(all(f >= 0 for f in self.lr_factors), "schedule.lr_factors must be >= 0")
+
+
+@dataclass(kw_only=True)
+class MixingConfig:
+    """How the global learner is made: gamma schedule, global EMA, redistribution, sync period."""
+
+    anchor: str = ""  # learner whose weight is 1 before mix_start; "" = the first learner
+    mix_start: float = 2 / 3  # fraction of training where gamma starts moving to the final weights
+    redistribute: bool = True
+    redistribute_start: float = 75 / 120  # fraction of training; first communication epoch >= this
+    redistribute_every: int = 5  # epochs: an epoch e is a communication epoch when e % this == 0
+    sync_every: int = 1  # optimiser steps between syncs (each epoch end is a sync too)
+    ema_max_decay: float = 0.999  # d = min(max_decay, (s + 1) / (s + 10))
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.mix_start <= 1, f"mixing.mix_start must be in [0, 1], got {self.mix_start}")
+        _check(0 <= self.redistribute_start <= 1,
+               f"mixing.redistribute_start must be in [0, 1], got {self.redistribute_start}")
+        _check(self.redistribute_every >= 1, f"mixing.redistribute_every must be >= 1, got {self.redistribute_every}")
+        _check(self.sync_every >= 1, f"mixing.sync_every must be >= 1, got {self.sync_every}")
+        _check(0 <= self.ema_max_decay < 1, f"mixing.ema_max_decay must be in [0, 1), got {self.ema_max_decay}")
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    """Per-epoch evaluation of every learner and the global learner on the validation split."""
+
+    every_epochs: int = 1
+    n_examples: int = 1000  # validation points per evaluation (<= data.val_size)
+    batch_size: int = 256
+    pgd_steps: int = 20  # PGD-20 against each learner's training threat (Linf when it has none)
+    select_on: str = "val_pgd"  # what "best" means: val_pgd (clean + pgd, ties broken by pgd) | val_clean
+
+    def __post_init__(self) -> None:
+        _check(self.every_epochs >= 1, f"eval.every_epochs must be >= 1, got {self.every_epochs}")
+        _check(self.n_examples >= 0, f"eval.n_examples must be >= 0, got {self.n_examples}")
+        _check(self.pgd_steps >= 1, f"eval.pgd_steps must be >= 1, got {self.pgd_steps}")
+        _choice("eval.select_on", self.select_on, ("val_pgd", "val_clean"))
+
+
+@dataclass(kw_only=True)
+class RuntimeConfig:
+    """Where the learners run; never changes the numbers of a run (only their speed)."""
+
+    backend: str = "ray"  # ray: one actor per learner; local: all learners in this process
+    device: str = "auto"  # auto | cpu | cuda
+    cpus_per_learner: float = 1.0
+    gpus_per_learner: float = 0.0  # 1 = one dedicated GPU per learner; fractions share a GPU
+    placement: str = "PACK"  # PACK | SPREAD
+    threads_per_learner: int = 1  # torch intra-op threads in each learner
+    deterministic: bool = True  # torch deterministic algorithms (bit-exact resume and backend parity)
+    checkpoint_every_rounds: int = 0  # 0 = at every epoch end only
+    max_failures: int = 2  # learner-group restarts from the last checkpoint
+    sync_timeout_s: float = 600.0  # a learner that does not reach a sync in this time is reported hung
+
+    def __post_init__(self) -> None:
+        _choice("runtime.backend", self.backend, ("ray", "local"))
+        _choice("runtime.device", self.device, ("auto", "cpu", "cuda"))
+        _choice("runtime.placement", self.placement, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
+        _check(self.cpus_per_learner > 0, f"runtime.cpus_per_learner must be > 0, got {self.cpus_per_learner}")
+        _check(self.gpus_per_learner >= 0, f"runtime.gpus_per_learner must be >= 0, got {self.gpus_per_learner}")
+        _check(self.threads_per_learner >= 1, "runtime.threads_per_learner must be >= 1")
+        _check(self.checkpoint_every_rounds >= 0, "runtime.checkpoint_every_rounds must be >= 0")
+        _check(self.sync_timeout_s > 0, "runtime.sync_timeout_s must be > 0")
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    recipe: str = "custom"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    learners: list[LearnerConfig] = field(default_factory=list)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    mixing: MixingConfig = field(default_factory=MixingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        _check(len(self.learners) >= 1, "a run needs at least one learner (learners=[...])")
+        names = [learner.name for learner in self.learners]
+        _check(len(set(names)) == len(names), f"learner names must be unique, got {names}")
+        if not self.mixing.anchor:
+            self.mixing.anchor = names[0]
+        _choice("mixing.anchor", self.mixing.anchor, tuple(names))
+        total = sum(learner.final_weight for learner in self.learners)
+        _check(abs(total - 1.0) <= 1e-6,
+               f"the learners' final_weight values must sum to 1, got {total:.6g} "
+               f"({', '.join(f'{n}={l.final_weight:.4g}' for n, l in zip(names, self.learners))})")
+        _check(self.eval.n_examples <= self.data.val_size,
+               f"eval.n_examples={self.eval.n_examples} exceeds data.val_size={self.data.val_size}; "
+               "lower eval.n_examples or raise data.val_size")
+
+    @property
+    def learner_names(self) -> list[str]:
+        return [learner.name for learner in self.learners]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        return _build(cls, data, "")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The fields that decide the numbers of a run: a checkpoint from another fingerprint is refused.
+
+        Runtime placement, epochs-to-go and evaluation cadence may change on resume; the rest may not."""
+        d = self.to_dict()
+        d.pop("runtime")
+        d.pop("eval")
+        d["runtime"] = {"deterministic": self.runtime.deterministic}
+        return d
+
+
+# --- building dataclasses from plain data, refusing unknown keys --------------------------------
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, list(fields), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(_join(where, c) for c in close)}?" if close else ""
+        raise ConfigError(
+            f"unknown config key {_join(where, key)!r}{hint} (valid keys here: {', '.join(fields)})")
+    kwargs = {name: _convert(hints[name], value, _join(where, name)) for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as error:  # a required field is missing
+        raise ConfigError(f"{where or 'config'}: {error}") from None
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = get_origin(tp)
+    if origin is Union or type(tp).__name__ == "UnionType":
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], value, where)
+    if dataclasses.is_dataclass(tp):
+        return value if isinstance(value, tp) else _build(tp, value, where)
+    if origin is list:
+        (item,) = get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return [_convert(item, v, f"{where}.{i}") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    return value
+
+
+# --- overrides: `a.b=value`, learners addressed by name or index ---------------------------------
+
+
+def parse_value(text: str) -> Any:
+    """`8/255` -> 0.0313..., `true` -> True, `null` -> None, `[1, 2]` -> list, else number or string."""
+    text = text.strip()
+    if re.fullmatch(r"-?\d+(\.\d*)?(e-?\d+)?\s*/\s*-?\d+(\.\d*)?", text):
+        num, den = (t.strip() for t in text.split("/"))
+        if float(den) == 0:
+            raise ConfigError(f"division by zero in {text!r}")
+        return float(Fraction(num) / Fraction(den)) if "e" not in num else float(num) / float(den)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
+    """Return a new validated config with each `dotted.key=value` applied in order."""
+    data = config.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value, e.g. schedule.epochs=10")
+        key, text = item.split("=", 1)
+        _set(data, key.strip().split("."), parse_value(text), key.strip(), [])
+    return RunConfig.from_dict(data)
+
+
+def _set(node: Any, path: list[str], value: Any, full: str, above: list[str]) -> None:
+    head, rest = path[0], path[1:]
+    if isinstance(node, list):
+        index = _list_index(node, head, full)
+        if not rest:
+            node[index] = value
+        else:
+            _set(node[index], rest, value, full, [*above, head])
+        return
+    if head not in node:
+        close = difflib.get_close_matches(head, list(node), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr('.'.join([*above, c])) for c in close)}?" if close else ""
+        raise ConfigError(f"unknown config key {full!r}{hint} (valid here: {', '.join(node)})")
+    if not rest:
+        node[head] = value
+    elif node[head] is None:
+        raise ConfigError(f"{full!r}: {head} is null here; set the whole {head} instead")
+    else:
+        _set(node[head], rest, value, full, [*above, head])
+
+
+def _list_index(items: list, key: str, full: str) -> int:
+    if key.isdigit() and int(key) < len(items):
+        return int(key)
+    names = [item.get("name") for item in items if isinstance(item, dict)]
+    if key in names:
+        return names.index(key)
+    raise ConfigError(f"{full!r}: no learner {key!r}; learners are {', '.join(map(str, names))} (or 0..{len(items) - 1})")

@@ -1,0 +1,134 @@
+"""One base learner: model, SGD, lr schedule, objective and its own EMA. Knows nothing of Ray."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from generalist.config import RunConfig
+from generalist.data import TrainStream, derive_seed
+from generalist.errors import TrainingDiverged
+from generalist.mixing import StateDict, clone_state, ema_decay, ema_update_, lr_factor
+from generalist.models import build_model
+from generalist.objectives import objective_loss
+
+
+def build_initial_state(config: RunConfig, num_classes: int, in_channels: int,
+                        mean: tuple[float, ...], std: tuple[float, ...]) -> StateDict:
+    """The one initialisation every learner of a run starts from (the reference copies theta_AT)."""
+    cpu_rng = torch.get_rng_state()
+    torch.manual_seed(derive_seed(config.seed, 0))  # seed stream 0: model init
+    try:
+        model = build_model(config.model.name, num_classes=num_classes, in_channels=in_channels,
+                            mean=mean, std=std)
+    finally:
+        torch.set_rng_state(cpu_rng)
+    return clone_state(model.state_dict())
+
+
+@dataclass
+class RoundStats:
+    """What a learner reports after a round of n steps (one host sync per round, not per step)."""
+
+    learner: str
+    epoch: int
+    steps_done: int  # optimiser steps since the start of training
+    loss: float  # mean training loss over the round
+    train_acc: float  # accuracy on the training inputs of its objective (adversarial for AT)
+    lr: float
+    seconds: float
+    images: int
+
+
+class Learner:
+    """model + optimiser + objective + EMA of one base learner.
+
+    `run_steps` trains on the batches the shared `TrainStream` yields for (epoch, step), so every learner of
+    a run, in this process or another, sees the same augmented batch at the same step."""
+
+    def __init__(self, config: RunConfig, index: int, initial_state: StateDict, stream: TrainStream,
+                 model_kwargs: dict, device: torch.device):
+        self.config = config
+        self.index = index
+        self.spec = config.learners[index]
+        self.stream = stream
+        self.device = device
+        self.model = build_model(config.model.name, **model_kwargs).to(device)
+        self.model.load_state_dict(initial_state)
+        self.model.train()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.spec.lr, momentum=self.spec.momentum,
+                                         weight_decay=self.spec.weight_decay, nesterov=self.spec.nesterov)
+        self.ema = clone_state(self.model.state_dict())
+        self.ema_steps = 0
+        self.steps_done = 0
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(derive_seed(config.seed, 1, index))  # seed stream 1: attacks, per learner
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def run_steps(self, epoch: int, first_step: int, n: int) -> RoundStats:
+        """Train n optimiser steps of 1-based `epoch`, starting at `first_step` of that epoch."""
+        import time
+
+        start = time.perf_counter()
+        lr = self.spec.lr * lr_factor(epoch, self.config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        images = 0
+        live = self.model.state_dict()
+        for step in range(first_step, first_step + n):
+            x, y = self.stream.batch(epoch - 1, step, self.device)
+            loss, logits = objective_loss(self.model, x, y, self.spec, self.generator, self.steps_done)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            ema_update_(self.ema, live, ema_decay(self.ema_steps, self.config.mixing.ema_max_decay))
+            self.ema_steps += 1
+            self.steps_done += 1
+            loss_sum += loss.detach()
+            correct += (logits.detach().argmax(1) == y).sum()
+            images += len(y)
+        mean_loss = loss_sum.item() / n
+        if not math.isfinite(mean_loss):
+            raise TrainingDiverged(
+                f"learner {self.name!r}: training loss is {mean_loss} at epoch {epoch}, steps "
+                f"{first_step}..{first_step + n - 1}; lower learners.{self.name}.lr (now {self.spec.lr}). "
+                "The last good checkpoint was kept.")
+        return RoundStats(self.name, epoch, self.steps_done, mean_loss, correct.item() / images, lr,
+                          time.perf_counter() - start, images)
+
+    @torch.no_grad()
+    def load_global_(self, state: StateDict) -> None:
+        """Redistribution: copy the global weights and buffers into this learner's live model in place.
+        The optimiser's momentum and the learner's own EMA are kept, as in the reference."""
+        for name, tensor in self.model.state_dict().items():
+            tensor.copy_(state[name])
+
+    def ema_state(self) -> StateDict:
+        return self.ema
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema,
+            "ema_steps": self.ema_steps,
+            "steps_done": self.steps_done,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        with torch.no_grad():
+            for name, tensor in self.ema.items():
+                tensor.copy_(saved["ema"][name])
+        self.ema_steps = int(saved["ema_steps"])
+        self.steps_done = int(saved["steps_done"])
+        self.generator.set_state(saved["generator"].cpu() if hasattr(saved["generator"], "cpu") else saved["generator"])

@@ -1,0 +1,173 @@
+"""A run folder: its config, metadata, checkpoints (last, best), metrics and final model.
+
+Layout:
+    RUN/config.json          the resolved config, written before the first step; enough to rerun
+    RUN/metadata.json        how the run was made (git, versions, hardware, command)
+    RUN/checkpoints/last/    learner-NAME.pt, global.pt (+ .json sidecars), state.json
+    RUN/checkpoints/best/    global.pt of the best validation epoch (never selected on the test set)
+    RUN/metrics/             rounds.{jsonl,parquet}, epochs.{jsonl,parquet}
+    RUN/final/global.pt      the shipped global model (a bare state_dict) and summary.json
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from generalist import checkpoint as ckpt
+from generalist.config import RunConfig
+from generalist.errors import CheckpointError, RunFolderError
+from generalist.learner import RoundStats
+from generalist.metrics import MetricsLog, Progress
+from generalist.repro import run_metadata
+from generalist.training import GLOBAL, EpochResult, epoch_rows, round_rows
+
+
+def fingerprint_diff(saved: dict, current: dict, where: str = "") -> str | None:
+    """The first dotted key where two config fingerprints differ, or None."""
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        path = f"{where}.{key}" if where else key
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = fingerprint_diff(a, b, path)
+            if found:
+                return found
+        elif a != b:
+            return f"{path} (checkpoint: {a!r}, now: {b!r})"
+    return None
+
+
+class RunFolder:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.last = self.path / "checkpoints" / "last"
+        self.best = self.path / "checkpoints" / "best"
+
+    def holds_run(self) -> bool:
+        return (self.path / "config.json").exists() or (self.path / "checkpoints").exists()
+
+    def start(self, config: RunConfig, resume: bool) -> dict | None:
+        """Prepare the folder; return the checkpoint state to resume from (None for a fresh run)."""
+        if not resume:
+            if self.holds_run():
+                raise RunFolderError(
+                    f"{self.path} already holds a run; pass --resume to continue it, or choose a new --run-dir "
+                    "(nothing in it was changed)")
+            self.path.mkdir(parents=True, exist_ok=True)
+            ckpt.write_json_atomic(self.path / "config.json", config.to_dict())
+            ckpt.write_json_atomic(self.path / "metadata.json", run_metadata())
+            return None
+        found = ckpt.find_checkpoint(self.last)
+        if found is None:
+            raise RunFolderError(f"--resume: {self.path} has no checkpoint to resume from "
+                                 "(start it without --resume, or check the path)")
+        state = ckpt.read_state(found)
+        diff = fingerprint_diff(state.get("fingerprint", {}), config.fingerprint())
+        if diff:
+            raise CheckpointError(f"the checkpoint in {found} was made by a different config: {diff}; "
+                                  "resume with the run's own config.json, or start a new run folder")
+        state["folder"] = str(found)
+        ckpt.write_json_atomic(self.path / f"metadata-resume-{int(time.time())}.json", run_metadata())
+        return state
+
+    def load_config(self) -> RunConfig:
+        try:
+            return RunConfig.from_dict(json.loads((self.path / "config.json").read_text()))
+        except FileNotFoundError:
+            raise RunFolderError(f"{self.path} has no config.json: it is not a run folder") from None
+        except json.JSONDecodeError as error:
+            raise RunFolderError(f"{self.path / 'config.json'} is corrupt: {error}") from None
+
+    def write_final(self, global_state: dict, summary: dict) -> None:
+        final = self.path / "final"
+        final.mkdir(parents=True, exist_ok=True)
+        data = ckpt.tensor_bytes(global_state)
+        tmp = final / ".global.pt.tmp"
+        tmp.write_bytes(data)
+        tmp.replace(final / "global.pt")
+        ckpt.write_json_atomic(final / "summary.json", summary)
+
+
+def selection_score(metrics: dict[str, float], select_on: str) -> tuple[float, float]:
+    """Higher is better: clean + mean robust (ties broken by robust), or clean alone."""
+    robust = [v for k, v in metrics.items() if k.startswith("pgd_acc_")]
+    mean_robust = sum(robust) / len(robust) if robust else 0.0
+    if select_on == "val_clean":
+        return metrics["clean_acc"], mean_robust
+    return metrics["clean_acc"] + mean_robust, mean_robust
+
+
+def format_table(accuracy: dict[str, dict[str, float]]) -> str:
+    """A Markdown table: one row per model, clean and PGD accuracy in percent."""
+    if not accuracy:
+        return "(no evaluation)"
+    columns = list(next(iter(accuracy.values())))
+    lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for model, metrics in accuracy.items():
+        lines.append(f"| {model} | " + " | ".join(f"{100 * metrics[c]:.2f}" for c in columns) + " |")
+    return "\n".join(lines)
+
+
+class FolderSink:
+    """Writes a process's rounds, epochs and checkpoints into the run folder, and shows progress."""
+
+    def __init__(self, config: RunConfig, folder: RunFolder, steps_per_epoch: int, best_score=None,
+                 print_every_s: float = 10.0, quiet: bool = False):
+        self.config = config
+        self.folder = folder
+        self.metrics = MetricsLog(folder.path)
+        self.spe = steps_per_epoch
+        self.progress = Progress(config.schedule.epochs * steps_per_epoch)
+        self.print_every_s = print_every_s
+        self.last_print = 0.0
+        self.best_score = tuple(best_score) if best_score else None
+        self.quiet = quiet
+
+    def on_round(self, epoch: int, global_step: int, stats: list[RoundStats], weights: list[float],
+                 redistributed: bool, sync_seconds: float) -> None:
+        self.metrics.append("rounds", round_rows(self.config, epoch, global_step, stats, weights, redistributed,
+                                                 sync_seconds))
+        now = time.perf_counter()
+        if not self.quiet and (now - self.last_print >= self.print_every_s or global_step % self.spe == 0):
+            self.last_print = now
+            parts = [f"{s.learner} loss {s.loss:.3f} acc {100 * s.train_acc:.1f}% {s.images / s.seconds:.0f} img/s"
+                     for s in stats]
+            gamma = " ".join(f"{w:.2f}" for w in weights)
+            self.progress.report(global_step, epoch, self.config.schedule.epochs,
+                                 " | ".join(parts) + f" | gamma {gamma}" + (" | redistributed" if redistributed else "")
+                                 + f" | sync {1000 * sync_seconds:.1f} ms")
+
+    def on_epoch(self, result: EpochResult) -> None:
+        self.metrics.append("epochs", epoch_rows(result))
+        self.metrics.flush()
+        if result.accuracy and not self.quiet:
+            print(f"validation after epoch {result.epoch} ({self.config.eval.n_examples} points, "
+                  f"PGD-{self.config.eval.pgd_steps}):\n{format_table(result.accuracy)}", flush=True)
+
+    def checkpoint(self, global_step: int, payloads: dict[str, dict], end_of_epoch: bool,
+                   result: EpochResult | None) -> None:
+        is_best = False
+        if result is not None and GLOBAL in result.accuracy:
+            score = selection_score(result.accuracy[GLOBAL], self.config.eval.select_on)
+            if self.best_score is None or score > self.best_score:
+                self.best_score, is_best = score, True
+        state = {"global_step": global_step, "position": global_step, "epoch_end": end_of_epoch,
+                 "fingerprint": self.config.fingerprint(), "best_score": self.best_score,
+                 "learners": self.config.learner_names}
+        ckpt.write_checkpoint(self.folder.last, payloads, state)
+        if is_best:
+            ckpt.write_checkpoint(self.folder.best, {GLOBAL: payloads[GLOBAL]},
+                                  {**state, "epoch": result.epoch, "val": result.accuracy[GLOBAL]})
+
+
+def load_resume_payloads(state: dict, config: RunConfig, names: list[str],
+                         map_location: str | torch.device = "cpu") -> dict[str, dict]:
+    """Load and check the named payloads (learner-NAME, global) of the checkpoint `state` points to."""
+    folder = Path(state["folder"])
+    if state.get("learners") != config.learner_names:
+        raise CheckpointError(f"{folder} holds learners {state.get('learners')}, the config has "
+                              f"{config.learner_names}")
+    return {name: ckpt.load_payload(folder, name, map_location) for name in names}
