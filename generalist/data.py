@@ -27,6 +27,7 @@ __all__ = [
     "DatasetInfo",
     "TensorData",
     "TrainStream",
+    "cache_dir",
     "clear_memory_cache",
     "crop_flip",
     "dataset_info",
@@ -44,6 +45,8 @@ __all__ = [
 
 @dataclass(frozen=True)
 class DatasetInfo:
+    """What models and recipes need to know about a dataset, without loading it."""
+
     name: str
     num_classes: int
     shape: tuple[int, int, int]  # (C, H, W)
@@ -158,9 +161,13 @@ def _take(data: TensorData, index: torch.Tensor) -> TensorData:
 
 
 def _to_unit(x: torch.Tensor) -> torch.Tensor:
-    # Division (not multiplication by 1/255) is correctly rounded on CPU and CUDA alike, so every device
-    # produces bit-identical inputs from the same uint8 batch.
-    return x.to(torch.float32).div_(255.0)
+    """uint8 (any shape) in [0, 255] -> float32 in [0, 1] by correctly rounded division, identical on every device."""
+    x = x.to(torch.float32)
+    if x.device.type == "cpu":
+        return x.div_(255.0)
+    # CUDA turns division by a Python number into multiplication by its reciprocal, which differs from true
+    # division in the last bit for 126 of the 256 values; a divisor tensor on the device keeps true division.
+    return x.div_(torch.full((), 255.0, device=x.device))
 
 
 # --- loading -------------------------------------------------------------------------------------

@@ -49,8 +49,10 @@ class RunFolder:
     def holds_run(self) -> bool:
         return (self.path / "config.json").exists() or (self.path / "checkpoints").exists()
 
-    def start(self, config: RunConfig, resume: bool) -> dict | None:
-        """Prepare the folder; return the checkpoint state to resume from (None for a fresh run)."""
+    def start(self, config: RunConfig, resume: bool, extra_checkpoints=None) -> dict | None:
+        """Prepare the folder; return the checkpoint state to resume from (None for a fresh run).
+
+        `extra_checkpoints(path)` may name another checkpoint folder (a Ray session's); the newest wins."""
         if not resume:
             if self.holds_run():
                 raise RunFolderError(
@@ -60,11 +62,13 @@ class RunFolder:
             ckpt.write_json_atomic(self.path / "config.json", config.to_dict())
             ckpt.write_json_atomic(self.path / "metadata.json", run_metadata())
             return None
-        found = ckpt.find_checkpoint(self.last)
-        if found is None:
+        candidates = [c for c in (ckpt.find_checkpoint(self.last),
+                                  extra_checkpoints(self.path) if extra_checkpoints else None) if c is not None]
+        if not candidates:
             raise RunFolderError(f"--resume: {self.path} has no checkpoint to resume from "
                                  "(start it without --resume, or check the path)")
-        state = ckpt.read_state(found)
+        states = [(ckpt.read_state(c), c) for c in candidates]
+        state, found = max(states, key=lambda item: item[0]["global_step"])
         diff = fingerprint_diff(state.get("fingerprint", {}), config.fingerprint())
         if diff:
             raise CheckpointError(f"the checkpoint in {found} was made by a different config: {diff}; "
@@ -111,6 +115,26 @@ def format_table(accuracy: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+class BestTracker:
+    """Keeps checkpoints/best: the global learner of the best validation epoch so far."""
+
+    def __init__(self, config: RunConfig, folder: RunFolder, best_score=None):
+        self.config = config
+        self.folder = folder
+        self.best_score = tuple(best_score) if best_score else None
+
+    def update(self, result: EpochResult | None, payloads: dict[str, dict], global_step: int) -> None:
+        if result is None or GLOBAL not in result.accuracy:
+            return
+        score = selection_score(result.accuracy[GLOBAL], self.config.eval.select_on)
+        if self.best_score is None or score > self.best_score:
+            self.best_score = score
+            ckpt.write_checkpoint(self.folder.best, {GLOBAL: payloads[GLOBAL]},
+                                  {"global_step": global_step, "position": global_step, "epoch": result.epoch,
+                                   "val": result.accuracy[GLOBAL], "select_on": self.config.eval.select_on,
+                                   "fingerprint": self.config.fingerprint(), "learners": self.config.learner_names})
+
+
 class FolderSink:
     """Writes a process's rounds, epochs and checkpoints into the run folder, and shows progress."""
 
@@ -123,44 +147,49 @@ class FolderSink:
         self.progress = Progress(config.schedule.epochs * steps_per_epoch)
         self.print_every_s = print_every_s
         self.last_print = 0.0
-        self.best_score = tuple(best_score) if best_score else None
+        self.best = BestTracker(config, folder, best_score)
         self.quiet = quiet
+
+    @property
+    def best_score(self):
+        return self.best.best_score
 
     def on_round(self, epoch: int, global_step: int, stats: list[RoundStats], weights: list[float],
                  redistributed: bool, sync_seconds: float) -> None:
         self.metrics.append("rounds", round_rows(self.config, epoch, global_step, stats, weights, redistributed,
                                                  sync_seconds))
+        self.show_round(epoch, global_step, stats, weights, redistributed, sync_seconds)
+
+    def show_round(self, epoch: int, global_step: int, stats: list[RoundStats], weights: list[float],
+                   redistributed: bool, sync_seconds: float) -> None:
         now = time.perf_counter()
-        if not self.quiet and (now - self.last_print >= self.print_every_s or global_step % self.spe == 0):
-            self.last_print = now
-            parts = [f"{s.learner} loss {s.loss:.3f} acc {100 * s.train_acc:.1f}% {s.images / s.seconds:.0f} img/s"
-                     for s in stats]
-            gamma = " ".join(f"{w:.2f}" for w in weights)
-            self.progress.report(global_step, epoch, self.config.schedule.epochs,
-                                 " | ".join(parts) + f" | gamma {gamma}" + (" | redistributed" if redistributed else "")
-                                 + f" | sync {1000 * sync_seconds:.1f} ms")
+        if self.quiet or (now - self.last_print < self.print_every_s and global_step % self.spe != 0):
+            return
+        self.last_print = now
+        parts = [f"{s.learner} loss {s.loss:.3f} acc {100 * s.train_acc:.1f}% {s.images / max(s.seconds, 1e-9):.0f} img/s"
+                 for s in stats]
+        gamma = " ".join(f"{w:.2f}" for w in weights)
+        self.progress.report(global_step, epoch, self.config.schedule.epochs,
+                             " | ".join(parts) + f" | gamma {gamma}" + (" | redistributed" if redistributed else "")
+                             + f" | sync {1000 * sync_seconds:.1f} ms")
 
     def on_epoch(self, result: EpochResult) -> None:
         self.metrics.append("epochs", epoch_rows(result))
         self.metrics.flush()
-        if result.accuracy and not self.quiet:
-            print(f"validation after epoch {result.epoch} ({self.config.eval.n_examples} points, "
-                  f"PGD-{self.config.eval.pgd_steps}):\n{format_table(result.accuracy)}", flush=True)
+        self.show_epoch(result.epoch, result.accuracy)
+
+    def show_epoch(self, epoch: int, accuracy: dict) -> None:
+        if accuracy and not self.quiet:
+            print(f"validation after epoch {epoch} ({self.config.eval.n_examples} points, "
+                  f"PGD-{self.config.eval.pgd_steps}):\n{format_table(accuracy)}", flush=True)
 
     def checkpoint(self, global_step: int, payloads: dict[str, dict], end_of_epoch: bool,
                    result: EpochResult | None) -> None:
-        is_best = False
-        if result is not None and GLOBAL in result.accuracy:
-            score = selection_score(result.accuracy[GLOBAL], self.config.eval.select_on)
-            if self.best_score is None or score > self.best_score:
-                self.best_score, is_best = score, True
+        self.best.update(result, payloads, global_step)
         state = {"global_step": global_step, "position": global_step, "epoch_end": end_of_epoch,
-                 "fingerprint": self.config.fingerprint(), "best_score": self.best_score,
+                 "fingerprint": self.config.fingerprint(), "best_score": self.best.best_score,
                  "learners": self.config.learner_names}
         ckpt.write_checkpoint(self.folder.last, payloads, state)
-        if is_best:
-            ckpt.write_checkpoint(self.folder.best, {GLOBAL: payloads[GLOBAL]},
-                                  {**state, "epoch": result.epoch, "val": result.accuracy[GLOBAL]})
 
 
 def load_resume_payloads(state: dict, config: RunConfig, names: list[str],

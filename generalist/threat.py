@@ -187,9 +187,8 @@ def project_l1_ball(delta: torch.Tensor, eps: float) -> torch.Tensor:
     """
     v = delta.flatten(1)
     abs_v = v.abs()
+    # Computed for every row and selected with torch.where: no data-dependent branch, no GPU sync.
     outside = abs_v.sum(dim=1) > eps
-    if not bool(outside.any()):
-        return delta
     u = abs_v.sort(dim=1, descending=True).values
     cssv = u.cumsum(dim=1)
     j = torch.arange(1, v.shape[1] + 1, device=v.device, dtype=v.dtype)
@@ -215,8 +214,9 @@ def get_threat(name: str, eps: float) -> Threat:
     """
     cls = _THREATS.get(name.lower()) if isinstance(name, str) else None
     if cls is None:
-        close = difflib.get_close_matches(str(name), THREAT_NAMES + tuple(_THREATS), n=3, cutoff=0.3)
-        close = list(dict.fromkeys(THREAT_NAMES[[t.lower() for t in THREAT_NAMES].index(c.lower())] for c in close))
+        # Match case-insensitively, but suggest the AutoAttack spelling.
+        close = difflib.get_close_matches(str(name).lower(), list(_THREATS), n=3, cutoff=0.3)
+        close = [_THREATS[c].name for c in close]
         hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
         raise ConfigError(f"unknown threat model {name!r}; {hint}valid names: {', '.join(THREAT_NAMES)}")
     return cls(eps)

@@ -271,7 +271,8 @@ def test_resolve_data_root_prefers_the_argument_then_the_environment(tmp_path, m
 
 def test_derive_seed_uses_splitmix64_and_separates_every_part():
     assert D._splitmix64(0) == 0xE220A8397B1DCDAF  # first output of the reference SplitMix64 seeded with 0
-    seeds = {D.derive_seed(*parts) for parts in [(), (0,), (0, 0), (1,), (1, 2), (2, 1), ("augment", 1), (1, "augment")]}
+    parts = [(), (0,), (0, 0), (1,), (1, 2), (2, 1), ("augment", 1), (1, "augment")]
+    seeds = {D.derive_seed(*p) for p in parts}
     assert len(seeds) == 8 and all(0 <= s < 2**63 for s in seeds)
     # Golden values: changing the mixing would silently change every run's data order and crops.
     assert D.derive_seed(0) == 3395948882924712079
@@ -411,12 +412,15 @@ def test_eval_batches_cover_the_data_in_order_as_floats_in_unit_range():
 def test_an_augmented_cifar_batch_of_128_takes_under_2_ms(cifar):
     stream = D.TrainStream(cifar["train"], batch_size=128, seed=0, augment=True)
     stream.batch(0, 0)  # builds the epoch's permutation
-    start = time.perf_counter()
-    for step in range(1, 51):
-        x, _ = stream.batch(0, step)
-    per_batch_s = (time.perf_counter() - start) / 50
+    rounds_s = []
+    # CPU seconds, fastest of 5 rounds: other jobs on a busy machine stretch wall time, not our CPU time.
+    for first in range(1, 51, 10):
+        start = time.process_time()
+        for step in range(first, first + 10):
+            x, _ = stream.batch(0, step)
+        rounds_s.append((time.process_time() - start) / 10)
     assert x.shape == (128, 3, 32, 32) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
-    assert per_batch_s < 0.002 * 3  # 3x slack for a loaded CI machine; ~0.7 ms on 2 idle cores
+    assert min(rounds_s) < 0.002  # ~0.7 ms on 2 idle cores; a per-image Python loop takes several ms
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,0 +1,110 @@
+"""The coordinator actor: gathers the learners' EMAs each round, mixes the global learner, hands it back.
+
+It owns the mixing schedule and the global EMA (a `GlobalLearner`, the same class the in-process backend
+uses), acts as the per-round barrier of the learner actors, and relays their metrics to the driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import ray
+
+from generalist.config import RunConfig
+from generalist.mixing import GlobalLearner, StateDict
+
+
+@ray.remote(num_cpus=0)
+class Coordinator:
+    """One per run. Async actor: each learner's `exchange` call waits until all K have handed in."""
+
+    def __init__(self, config: RunConfig, initial_state: StateDict):
+        self.config = config
+        self.num_learners = len(config.learners)
+        self.initial_state = initial_state
+        self.global_learner = GlobalLearner(config, initial_state)
+        self.global_step = 0
+        self.pending: dict[int, StateDict] = {}
+        self.result: asyncio.Future | None = None
+        self.joined: dict[int, dict | None] = {}
+        self.join_done: asyncio.Future | None = None
+        self.rows: list[tuple[str, dict]] = []  # ("rounds" | "epochs" | "restart", row), drained by the driver
+        self.learner_pids: dict[int, int] = {}
+        self.last_sync_s = 0.0
+        self.restarts = 0
+
+    # --- learner group start / restart -------------------------------------------------------------
+
+    async def join(self, rank: int, pid: int, start_step: int, global_payload: dict | None) -> int:
+        """Barrier at (re)start of the learner group; rank 0 brings the checkpoint's global state.
+
+        Every (re)start resets the round state, so a learner that died mid-round leaves nothing behind."""
+        if self.join_done is None or self.join_done.done():
+            self.join_done = asyncio.get_running_loop().create_future()
+            self.joined = {}
+            self.pending = {}
+            if self.result is not None and not self.result.done():
+                self.result.cancel()
+            self.result = None
+        self.learner_pids[rank] = pid
+        self.joined[rank] = global_payload if rank == 0 else None
+        if len(self.joined) == self.num_learners:
+            payload = self.joined[0]
+            if payload is not None:
+                self.global_learner.load_state_dict(payload)
+            else:
+                self.global_learner = GlobalLearner(self.config, self.initial_state)
+            if self.global_step > start_step:
+                self.restarts += 1
+            self.global_step = start_step
+            self.rows.append(("restart", {"global_step": start_step}))
+            self.join_done.set_result(start_step)
+        return await self.join_done
+
+    # --- one round ---------------------------------------------------------------------------------
+
+    async def exchange(self, rank: int, epoch: int, n_steps: int, ema_state: StateDict):
+        """Hand in learner `rank`'s EMA after a round; returns [ref] to the global state to load, or None.
+
+        The global state is put into the object store once per round and the same reference goes to
+        every learner (wrapped in a list so Ray does not resolve it on the way)."""
+        if self.result is None or self.result.done():
+            self.result = asyncio.get_running_loop().create_future()
+        result = self.result
+        self.pending[rank] = ema_state
+        if len(self.pending) == self.num_learners:
+            start = time.perf_counter()
+            states = [self.pending[k] for k in range(self.num_learners)]
+            self.pending = {}
+            redistribute = self.global_learner.sync(states, epoch, n_steps)
+            self.global_step += n_steps
+            ref = ray.put(self.global_learner.state) if redistribute else None
+            self.last_sync_s = time.perf_counter() - start
+            result.set_result(ref)
+        ref = await result
+        return None if ref is None else [ref]
+
+    def missing(self) -> list[int]:
+        """Ranks that have not handed in for the round in progress (the suspects when a sync hangs)."""
+        return [k for k in range(self.num_learners) if k not in self.pending] if self.pending else []
+
+    # --- state for evaluation and checkpoints -------------------------------------------------------
+
+    def global_ref(self) -> list:
+        return [ray.put(self.global_learner.state)]
+
+    def payload(self) -> dict:
+        return self.global_learner.state_dict()
+
+    def report_rows(self, table: str, rows: list[dict]) -> None:
+        self.rows.extend((table, row) for row in rows)
+
+    def drain(self) -> dict:
+        """Rows since the last drain, plus status for the driver's progress line."""
+        rows, self.rows = self.rows, []
+        return {"rows": rows, "global_step": self.global_step, "last_sync_s": self.last_sync_s,
+                "restarts": self.restarts}
+
+    def pids(self) -> dict[int, int]:
+        return dict(self.learner_pids)

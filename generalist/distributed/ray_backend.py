@@ -1,0 +1,292 @@
+"""The Ray backend: one Ray Train worker per base learner, plus our coordinator actor.
+
+Ray Train gives us the learner actors (`TorchTrainer` worker group: world rank k runs learner k), their
+placement (`ScalingConfig`: one GPU each, PACK or SPREAD), restarts of the group from the last reported
+checkpoint (`FailureConfig`) and checkpoint storage (`RunConfig.storage_path`, local or any pyarrow URI).
+We add the coordinator (gather, mix, broadcast) and run the same `train_learners` loop as the
+in-process backend, so the numbers are the same.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import ray
+import torch
+from ray import train as ray_train
+from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from generalist import checkpoint as ckpt
+from generalist.config import RunConfig as GeneralistConfig
+from generalist.distributed.coordinator import Coordinator
+from generalist.distributed.local import build_learners, finish
+from generalist.errors import BackendError, ConfigError, GeneralistError
+from generalist.learner import RoundStats
+from generalist.mixing import StateDict
+from generalist.repro import set_determinism
+from generalist.run_folder import BestTracker, FolderSink, RunFolder, load_resume_payloads
+from generalist.training import GLOBAL, EpochResult, epoch_rows, prepare_run_data, round_rows, train_learners
+
+# Keep a local Ray on the loopback interface (see INSTALL notes in the README).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+class RaySync:
+    """A learner actor's side of the round barrier: hand the EMA in, maybe load the global state."""
+
+    def __init__(self, coordinator, rank: int, timeout_s: float):
+        self.coordinator = coordinator
+        self.rank = rank
+        self.timeout_s = timeout_s
+
+    def exchange(self, epoch: int, n_steps: int, states: dict[int, StateDict]) -> StateDict | None:
+        (state,) = states.values()
+        try:
+            wrapped = ray.get(self.coordinator.exchange.remote(self.rank, epoch, n_steps, state),
+                              timeout=self.timeout_s)
+            return None if wrapped is None else ray.get(wrapped[0], timeout=self.timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            missing = ray.get(self.coordinator.missing.remote(), timeout=30)
+            raise BackendError(
+                f"learner {self.rank} waited {self.timeout_s:.0f} s for a sync in epoch {epoch}; learner(s) "
+                f"{missing} never arrived (hung or too slow). Raise runtime.sync_timeout_s if they are just slow."
+            ) from None
+
+    def global_payload(self) -> dict:
+        return ray.get(self.coordinator.payload.remote(), timeout=self.timeout_s)
+
+    def global_state(self) -> StateDict:
+        return ray.get(ray.get(self.coordinator.global_ref.remote(), timeout=self.timeout_s)[0])
+
+
+class WorkerSink:
+    """A learner actor's metrics go to the coordinator (the driver writes them); checkpoints to Ray Train."""
+
+    def __init__(self, config: GeneralistConfig, rank: int, coordinator, run_dir: str | None, best_score):
+        self.config = config
+        self.rank = rank
+        self.coordinator = coordinator
+        # Rank 0 keeps checkpoints/best in the run folder when that is a path this node can write.
+        self.best = BestTracker(config, RunFolder(run_dir), best_score) if rank == 0 and run_dir else None
+
+    def on_round(self, epoch, global_step, stats: list[RoundStats], weights, redistributed, sync_seconds) -> None:
+        # Fire and forget: the rows carry their step, the driver orders them.
+        self.coordinator.report_rows.remote("rounds", round_rows(self.config, epoch, global_step, stats, weights,
+                                                                 redistributed, sync_seconds))
+
+    def on_epoch(self, result: EpochResult) -> None:
+        ray.get(self.coordinator.report_rows.remote("epochs", epoch_rows(result)))
+
+    def checkpoint(self, global_step: int, payloads: dict[str, dict], end_of_epoch: bool,
+                   result: EpochResult | None) -> None:
+        if self.best is not None:
+            self.best.update(result, payloads, global_step)
+        state = {"global_step": global_step, "position": global_step, "epoch_end": end_of_epoch,
+                 "fingerprint": self.config.fingerprint(), "learners": self.config.learner_names,
+                 "best_score": self.best.best_score if self.best else None}
+        with tempfile.TemporaryDirectory(prefix="generalist-ckpt-") as folder:
+            ckpt.write_payloads(Path(folder), payloads, {"position": global_step})
+            if self.rank == 0:
+                ckpt.write_json_atomic(Path(folder) / "state.json", {"format": ckpt.FORMAT_VERSION, **state})
+            ray_train.report({"global_step": global_step}, checkpoint=Checkpoint.from_directory(folder),
+                             checkpoint_dir_name=f"step-{global_step:010d}")
+
+
+def learner_worker(spec: dict) -> None:
+    """Ray Train's `train_loop_per_worker`: world rank k runs base learner k to the end of training."""
+    config = GeneralistConfig.from_dict(spec["config"])
+    rank = ray_train.get_context().get_world_rank()
+    set_determinism(config.runtime.deterministic, config.runtime.threads_per_learner)
+    device = ray_train.torch.get_device() if config.runtime.gpus_per_learner > 0 else torch.device("cpu")
+    coordinator = ray.get_actor(spec["coordinator"], namespace=spec["namespace"])
+    data = prepare_run_data(config)
+    (learner,) = build_learners(config, data, [rank], device)
+    start_step, global_payload, best_score = 0, None, None
+    checkpoint = ray_train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = ckpt.read_state(folder) if rank == 0 else {"global_step": None}
+            names = [f"learner-{learner.name}"] + ([GLOBAL] if rank == 0 else [])
+            state_for_load = {**state, "folder": folder, "learners": config.learner_names}
+            payloads = load_resume_payloads(state_for_load, config, names, device)
+            learner.load_state_dict(payloads[f"learner-{learner.name}"])
+            start_step = learner.steps_done
+            if rank == 0:
+                global_payload, best_score = payloads[GLOBAL], state.get("best_score")
+    ray.get(coordinator.join.remote(rank, os.getpid(), start_step, global_payload),
+            timeout=config.runtime.sync_timeout_s)
+    sink = WorkerSink(config, rank, coordinator, spec["local_run_dir"], best_score)
+    sync = RaySync(coordinator, rank, config.runtime.sync_timeout_s)
+    train_learners(config, data, [learner], sync, sink, start_step=start_step, owns_global=rank == 0,
+                   global_state_for_eval=sync.global_state, device=device)
+
+
+def _check_capacity(config: GeneralistConfig) -> None:
+    """Fail early, with numbers, when the cluster cannot hold one actor per learner."""
+    k, runtime = len(config.learners), config.runtime
+    total = ray.cluster_resources()
+    need_gpu, need_cpu = k * runtime.gpus_per_learner, k * runtime.cpus_per_learner
+    if need_gpu > total.get("GPU", 0):
+        raise BackendError(
+            f"asked for {need_gpu:g} GPUs ({k} learners x runtime.gpus_per_learner={runtime.gpus_per_learner:g}), "
+            f"the cluster has {total.get('GPU', 0):g}; add GPUs, or share them with a fractional "
+            f"runtime.gpus_per_learner (e.g. {total.get('GPU', 0) / k:.2g})")
+    if need_cpu > total.get("CPU", 0):
+        raise BackendError(
+            f"asked for {need_cpu:g} CPUs ({k} learners x runtime.cpus_per_learner={runtime.cpus_per_learner:g}), "
+            f"the cluster has {total.get('CPU', 0):g}; lower runtime.cpus_per_learner")
+
+
+def _connect(address: str | None, config: GeneralistConfig) -> bool:
+    """Join `address` (a running cluster) or start a local Ray on 127.0.0.1; True if we started it."""
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return False
+    cpus = max(os.cpu_count() or 1, int(len(config.learners) * config.runtime.cpus_per_learner + 0.999))
+    # Learner logs stay in Ray's session folder (/tmp/ray/session_latest/logs): their progress reaches the
+    # driver through the coordinator, and their errors as exceptions.
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+             _node_ip_address="127.0.0.1", configure_logging=True, logging_level="error")
+    return True
+
+
+def _latest_ray_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint in any earlier Ray session folder of this run."""
+    best = None
+    for folder in run_dir.glob("ray-session-*/step-*"):
+        if (folder / "state.json").is_file():
+            step = ckpt.read_state(folder)["global_step"]
+            if best is None or step > best[0]:
+                best = (step, folder)
+    return None if best is None else best[1]
+
+
+def train_ray(config: GeneralistConfig, run_dir: str | Path, *, resume: bool = False, max_rounds: int | None = None,
+              address: str | None = None, quiet: bool = False) -> dict:
+    if max_rounds is not None:
+        raise ConfigError("max_rounds is a debugging stop of the local backend; stop a Ray run by killing it")
+    folder = RunFolder(run_dir)
+    state = folder.start(config, resume, extra_checkpoints=_latest_ray_checkpoint)
+    started_ray = _connect(address, config)
+    try:
+        _check_capacity(config)
+        return _fit(config, folder, state, quiet)
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _fit(config: GeneralistConfig, folder: RunFolder, state: dict | None, quiet: bool) -> dict:
+    data_kwargs = prepare_run_data(config)  # fail here, in the driver, on a missing or corrupt dataset
+    namespace = ray.get_runtime_context().namespace
+    session = len(list(folder.path.glob("ray-session-*"))) + 1
+    name = f"generalist-coordinator-{os.getpid()}-{session}-{time.time_ns()}"
+    coordinator = Coordinator.options(name=name, namespace=namespace).remote(config, data_kwargs.initial_state)
+    spec = {"config": config.to_dict(), "coordinator": name, "namespace": namespace,
+            "local_run_dir": str(folder.path.resolve())}
+    runtime = config.runtime
+    use_gpu = runtime.gpus_per_learner > 0
+    resources = {"CPU": runtime.cpus_per_learner, **({"GPU": runtime.gpus_per_learner} if use_gpu else {})}
+    trainer = TorchTrainer(
+        learner_worker,
+        train_loop_config=spec,
+        scaling_config=ScalingConfig(num_workers=len(config.learners), use_gpu=use_gpu,
+                                     resources_per_worker=resources, placement_strategy=runtime.placement),
+        run_config=RunConfig(name=f"ray-session-{session}", storage_path=str(folder.path.resolve()),
+                             failure_config=FailureConfig(max_failures=runtime.max_failures)),
+        resume_from_checkpoint=Checkpoint.from_directory(state["folder"]) if state else None,
+    )
+    sink = FolderSink(config, folder, data_kwargs.stream.steps_per_epoch,
+                      best_score=state.get("best_score") if state else None, quiet=quiet)
+    sink.metrics.truncate_after(state["global_step"] if state else 0)
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as error:  # noqa: BLE001 - re-raised in the driver thread below
+            outcome["error"] = error
+
+    started = time.perf_counter()
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=2.0)
+        _relay(ray.get(coordinator.drain.remote()), sink, config)
+    _relay(ray.get(coordinator.drain.remote()), sink, config)
+    if "error" in outcome:
+        user_error = _user_error(outcome["error"])
+        if user_error is not None:
+            raise user_error
+        error = outcome["error"]
+        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+        raise BackendError(f"the learner group failed (after up to {config.runtime.max_failures} restarts): "
+                           f"{type(error).__name__}: {first_line}; fix the cause and continue with --resume") \
+            from error
+    global_state = ray.get(ray.get(coordinator.global_ref.remote())[0])
+    result = outcome["result"]
+    if result.checkpoint is not None:
+        with result.checkpoint.as_directory() as last:
+            sink.best.best_score = ckpt.read_state(last).get("best_score")
+    ray.kill(coordinator)
+    sink.metrics.flush()
+    return finish(config, folder, global_state, sink, time.perf_counter() - started, quiet)
+
+
+def _user_error(error: BaseException) -> GeneralistError | None:
+    """The GeneralistError a learner raised, dug out of Ray's wrappers, so the CLI can report it plainly."""
+    seen, todo = set(), [error]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, GeneralistError):
+            return current
+        todo.extend([current.__cause__, current.__context__, getattr(current, "cause", None)])
+        todo.extend(getattr(current, "worker_failures", {}).values())
+        if hasattr(current, "as_instanceof_cause"):
+            try:
+                todo.append(current.as_instanceof_cause())
+            except Exception:  # noqa: BLE001
+                pass
+    return None
+
+
+def _relay(status: dict, sink: FolderSink, config: GeneralistConfig) -> None:
+    """Write the rows the learners sent through the coordinator, as the in-process backend does."""
+    rounds: dict[int, list[dict]] = {}
+    epochs = sink.__dict__.setdefault("pending_epochs", {})  # epoch -> model -> row, until all have reported
+    for table, row in status["rows"]:
+        if table == "restart":
+            sink.metrics.truncate_after(row["global_step"])  # the steps after it are run again
+            if not sink.quiet and row["global_step"] > 0:
+                print(f"learner group (re)started from step {row['global_step']}", flush=True)
+        elif table == "rounds":
+            rounds.setdefault(row["global_step"], []).append(row)
+        else:
+            epochs.setdefault(row["epoch"], {})[row["model"]] = row
+            sink.metrics.append(table, [row])
+    for step in sorted(rounds):
+        rows = sorted(rounds[step], key=lambda r: config.learner_names.index(r["learner"]))
+        sink.metrics.append("rounds", rows)
+        if len(rows) == len(config.learners):
+            stats = [RoundStats(**{k: r[k] for k in RoundStats.__dataclass_fields__}) for r in rows]
+            sink.show_round(rows[0]["epoch"], step, stats, [r["weight"] for r in rows], rows[0]["redistributed"],
+                            status["last_sync_s"])
+    for epoch in sorted(epochs):
+        if len(epochs[epoch]) < len(config.learners) + 1:
+            continue
+        models = epochs.pop(epoch)
+        sink.metrics.flush()
+        order = config.learner_names + [GLOBAL]
+        accuracy = {name: {k: v for k, v in models[name].items() if k == "clean_acc" or k.startswith("pgd_acc")}
+                    for name in order}
+        sink.show_epoch(epoch, accuracy)
