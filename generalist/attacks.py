@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -11,7 +11,7 @@ from torch import nn
 from generalist.losses import cross_entropy
 from generalist.threat import Threat
 
-__all__ = ["pgd"]
+__all__ = ["msd", "pgd"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -96,4 +96,60 @@ def pgd(
 
     assert best_delta is not None
     # The clamp only removes ulp-level excursions left by computing x + ((x + delta).clamp(0, 1) - x).
+    return (x + best_delta).clamp(0.0, 1.0).detach()
+
+
+def msd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threats: Sequence[Threat],
+    *,
+    steps: int,
+    step_sizes: Sequence[float],
+    random_start: bool = False,
+    generator: torch.Generator | None = None,
+    loss_fn: LossFn | None = None,
+) -> torch.Tensor:
+    """Multi steepest descent (Maini, Wong & Kolter 2020): one PGD over the union of several balls.
+
+    At every step, from the current delta and its one input gradient, each threat proposes its own
+    steepest-ascent step projected onto its own ball (and [0, 1]); each example keeps the proposal with
+    the highest loss, ties going to the earlier threat. The point returned per example is the best of
+    all steps, as in the authors' `msd_v0` (locuslab/robust_union, CIFAR10/cifar_funcs.py), which also
+    starts at delta = 0 (random_start=False); random_start=True starts from threats[0].random_init.
+
+    x: (B, C, H, W) in [0, 1]; y: (B,) labels; step_sizes[i] is in threats[i]'s norm.
+    Costs per step one forward+backward and len(threats) forwards without gradient.
+    Returns x_adv: (B, C, H, W), detached, in [0, 1] and inside at least one of the threats' balls.
+    Like pgd(), it leaves the model's mode, the global RNG and parameter .grad alone.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if len(threats) < 1 or len(step_sizes) != len(threats):
+        raise ValueError(f"msd needs one step size per threat, got {len(step_sizes)} for {len(threats)} threats")
+    for size in step_sizes:
+        if not (isinstance(size, (int, float)) and math.isfinite(size) and size > 0):
+            raise ValueError(f"every step size must be > 0, got {list(step_sizes)!r}")
+    if random_start and not isinstance(generator, torch.Generator):
+        raise ValueError("random_start=True needs generator=torch.Generator(...).manual_seed(seed)")
+    if y.shape != x.shape[:1]:
+        raise ValueError(f"y must have shape (B,) = {tuple(x.shape[:1])} to match x, got {tuple(y.shape)}")
+    loss_fn = cross_entropy if loss_fn is None else loss_fn
+    x = x.detach()
+    rows = torch.arange(x.shape[0], device=x.device)
+
+    delta = threats[0].random_init(x, generator) if random_start else torch.zeros_like(x)
+    best_delta, best_loss = delta, None
+    for _ in range(steps):
+        grad = _input_gradient(model, x, delta, y, loss_fn)
+        proposals = torch.stack([t.project(delta + size * t.step(grad), x) for t, size in zip(threats, step_sizes)])
+        with torch.no_grad():
+            losses = torch.stack([loss_fn(model(x + p), y) for p in proposals])  # (T, B)
+        choice = losses.argmax(dim=0)  # argmax returns the first maximum on ties
+        loss = losses[choice, rows]
+        delta = proposals[choice, rows]
+        better = loss > best_loss if best_loss is not None else torch.ones_like(loss, dtype=torch.bool)
+        best_delta = torch.where(better.view(-1, *([1] * (x.dim() - 1))), delta, best_delta)
+        best_loss = loss if best_loss is None else torch.where(better, loss, best_loss)
     return (x + best_delta).clamp(0.0, 1.0).detach()

@@ -106,8 +106,11 @@ class LearnerConfig:
         _check(self.weight_decay >= 0, f"learners.{self.name}.weight_decay must be >= 0, got {self.weight_decay}")
         _check(0 <= self.final_weight <= 1,
                f"learners.{self.name}.final_weight must be in [0, 1], got {self.final_weight}")
-        if self.objective in ("trades",) or (self.objective == "ce" and self.attack is not None):
-            pass
+        if self.objective == "trades":
+            _check(not self.extra_attacks,
+                   f"learners.{self.name}: objective 'trades' attacks with `attack` only; remove extra_attacks")
+            _check(math.isfinite(self.trades_beta) and self.trades_beta >= 0,
+                   f"learners.{self.name}.trades_beta must be >= 0 (TRADES uses 6), got {self.trades_beta}")
         if self.objective != "ce":
             _check(self.attack is not None, f"learners.{self.name}: objective {self.objective!r} needs an attack")
         if self.objective in ("avg", "max", "msd", "e-at"):
@@ -244,10 +247,13 @@ class RunConfig:
     def fingerprint(self) -> dict[str, Any]:
         """The fields that decide the numbers of a run: a checkpoint from another fingerprint is refused.
 
-        Runtime placement, epochs-to-go and evaluation cadence may change on resume; the rest may not."""
+        Runtime placement, epochs-to-go, evaluation cadence and where the (checksum-verified) dataset files
+        live may change on resume; the rest may not."""
         d = self.to_dict()
         d.pop("runtime")
         d.pop("eval")
+        d["data"].pop("root")
+        d["data"].pop("download")
         d["runtime"] = {"deterministic": self.runtime.deterministic}
         return d
 

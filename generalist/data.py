@@ -391,9 +391,10 @@ def _load_cifar10_pickles(root: Path, batches: tuple[str, ...], train: bool,
         if problem:
             break
     meta = folder / cls.meta["filename"]
-    if problem is None and not check_integrity(str(meta), cls.meta["md5"]):
-        problem = _corrupt(meta, f"md5 differs from torchvision's {cls.meta['md5']}") if meta.exists() else \
-            DataError(f"{meta} is missing: copy or download CIFAR-10 again, or set data.download=true")
+    if problem is None and not meta.exists():
+        problem = DataError(f"{meta} is missing: copy or download CIFAR-10 again, or set data.download=true")
+    elif problem is None and not check_integrity(str(meta), cls.meta["md5"]):
+        problem = _corrupt(meta, f"md5 differs from torchvision's {cls.meta['md5']}")
     if problem is not None:
         if not download:
             raise problem

@@ -94,10 +94,16 @@ class Learner:
             loss_sum += loss.detach()
             correct += (logits.detach().argmax(1) == y).sum()
             images += len(y)
-        mean_loss = loss_sum.item() / n
-        if not math.isfinite(mean_loss):
+        # The loss of a step is computed before its update, so a finite loss can leave non-finite weights or
+        # BN statistics behind; check the state too, in the same host sync, before it can be checkpointed.
+        finite = torch.stack([t.isfinite().all() for t in live.values() if t.is_floating_point()]).all()
+        loss_total, finite = torch.stack([loss_sum, finite.to(loss_sum.dtype)]).tolist()
+        mean_loss = loss_total / n
+        if not (math.isfinite(mean_loss) and finite):
+            what = f"training loss is {mean_loss}" if not math.isfinite(mean_loss) else \
+                "weights or BatchNorm statistics became non-finite"
             raise TrainingDiverged(
-                f"learner {self.name!r}: training loss is {mean_loss} at epoch {epoch}, steps "
+                f"learner {self.name!r}: {what} at epoch {epoch}, steps "
                 f"{first_step}..{first_step + n - 1}; lower learners.{self.name}.lr (now {self.spec.lr}). "
                 "The last good checkpoint was kept.")
         return RoundStats(self.name, epoch, self.steps_done, mean_loss, correct.item() / images, lr,

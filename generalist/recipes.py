@@ -21,7 +21,8 @@ from generalist.errors import ConfigError
 
 LINF = AttackConfig(norm="Linf", eps=8 / 255, step_size=2 / 255, steps=10)
 L2 = AttackConfig(norm="L2", eps=0.5, step_size=0.125, steps=10)  # step eps/4 (PAPER.md)
-L1 = AttackConfig(norm="L1", eps=12.0, step_size=1.0, steps=10)  # optional third norm for MN
+# Step 2.5 * eps / steps (Madry et al.'s rule, as `small()` uses): 10 steps of 1.0 could not reach eps = 12.
+L1 = AttackConfig(norm="L1", eps=12.0, step_size=3.0, steps=10)  # third norm of msd and e-at; optional for MN
 
 # The reference's learners (PAPER.md): same lr and schedule, weight decay per objective.
 NATURAL = LearnerConfig(name="natural", lr=0.01, weight_decay=5e-4)
@@ -64,6 +65,79 @@ def generalist_t() -> RunConfig:
     return paper_base("generalist-t", _learners(ADV_LINF, NATURAL, ADV_L2, weights=[1 / 3, 1 / 3, 1 / 3]), "linf")
 
 
+# --- baselines in the same framework ---------------------------------------------------------------
+#
+# Every baseline is one learner with the budget and optimiser of pgd-at -- ResNet-18, 120 epochs, batch 128, SGD
+# momentum 0.9, lr 0.01 on the same piecewise schedule, weight decay 3.5e-3 (the Generalist AT learner, PAPER.md)
+# -- and the threats of PAPER.md (Linf 8/255 and L2 0.5 with PGD-10 of step eps/4, L1 12 with PGD-10 of step
+# 2.5 * eps / 10), so that a comparison with generalist-* changes only the objective [ours]. The authors'
+# own hyper-parameters are listed in each docstring; they are an override away, e.g.
+#   generalist train --recipe trades learners.trades.lr=0.1 learners.trades.weight_decay=2e-4
+# A multi-norm recipe's threats are `attack` + `extra_attacks`; add L1 to avg or max with
+#   'learners.avg.extra_attacks=[{"norm": "L2", "eps": 0.5, "step_size": 0.125}, {"norm": "L1", "eps": 12, "step_size": 3}]'
+
+
+def _baseline(name: str, objective: str, attack: AttackConfig, extra: list[AttackConfig] | None = None,
+              **fields) -> LearnerConfig:
+    return replace(ADV_LINF, name=name, objective=objective, attack=attack, extra_attacks=list(extra or []),
+                   final_weight=1.0, **fields)
+
+
+def trades() -> RunConfig:
+    """TRADES (Zhang et al. 2019): CE(f(x), y) + 6 * KL(f(x) || f(x')), x' the KL-maximising Linf-PGD point.
+
+    Ours: beta 6, Linf 8/255, 10 steps of 2/255 from x + 0.001 * N(0, 1), the attack in eval mode.
+    Authors (yaodongyu/TRADES, trades.py and train_trades_cifar10.py of the released version): beta 6,
+    eps 0.031, 10 steps of 0.007, same start and modes; WRN-34-10, SGD lr 0.1, momentum 0.9, weight decay
+    2e-4, batch 128, 76 epochs with lr / 10 at epoch 75. We take the eps and step of PAPER.md and the
+    optimiser, architecture and schedule of pgd-at (see above)."""
+    return paper_base("trades", [_baseline("trades", "trades", LINF, trades_beta=6.0)], "trades")
+
+
+def avg() -> RunConfig:
+    """AVG (Tramer & Boneh 2019): mean CE over the Linf- and L2-PGD points of each batch, one step.
+
+    Authors (ftramer/MultiRobustness, default multi-attack mode): the per-threat PGD points are concatenated
+    into one batch for one optimiser step; CIFAR-10 with a wide ResNet, SGD lr 0.1 (/10 at 40k and 60k of 80k
+    steps), momentum 0.9, weight decay 2e-4, batch 128. Linf + L2 here, to compare with generalist-mn
+    [ours]; L1 can be added (module comment)."""
+    return paper_base("avg", [_baseline("avg", "avg", LINF, [L2])], "avg")
+
+
+def max_() -> RunConfig:
+    """MAX (Tramer & Boneh 2019; "worst-case" in Maini et al. 2020): per example, CE at the PGD point of the
+    threat with the highest loss (chosen in eval mode, as the authors' code), Linf + L2.
+
+    Authors: same setting as avg (Tramer & Boneh); Maini et al. (locuslab/robust_union CIFAR10/train.py)
+    train PreAct ResNet-18 for 50 epochs, SGD momentum 0.9, weight decay 5e-4, lr 0 -> 0.1 -> 0.005 -> 0,
+    with Linf 0.03, L2 0.3 and L1 12 in training."""
+    return paper_base("max", [_baseline("max", "max", LINF, [L2])], "max")
+
+
+def msd_() -> RunConfig:
+    """MSD (Maini, Wong & Kolter 2020): PGD over the union of the Linf, L2 and L1 balls; at every step each
+    norm proposes its step and each example keeps the one with the highest loss.
+
+    Ours: 10 MSD steps from delta = 0 (random_start false, as the authors' msd_v0), each norm with its
+    PAPER.md eps and PGD-10 step size. Authors (locuslab/robust_union): 50 steps, eps Linf 0.03 / L2 0.3 in
+    training / L1 12, steps 0.005 / 0.05 / 0.05 over 5 to 20 top coordinates, PreAct ResNet-18, 50 epochs,
+    SGD momentum 0.9, weight decay 5e-4, lr 0 -> 0.1 -> 0.005 -> 0. Our L1 step moves the top 5% of
+    coordinates (generalist.threat.L1Threat)."""
+    threats = [replace(a, random_start=False) for a in (LINF, L2, L1)]
+    return paper_base("msd", [_baseline("msd", "msd", threats[0], threats[1:])], "msd")
+
+
+def e_at() -> RunConfig:
+    """E-AT (Croce & Hein 2022): each batch trains on the PGD points of Linf or L1 (the extreme norms), drawn
+    uniformly from the learner's generator.
+
+    Authors (fra31/robust-finetuning train.py): the norm of each batch is drawn with weights 1 - running robust
+    training accuracy per norm (uniform until both have been seen; we keep uniform, see baselines.eat_loss),
+    APGD training attack, PreAct ResNet-18, SGD momentum 0.9, weight decay 5e-4 (none on BN and biases),
+    default lr 0.01 piecewise. We attack with PGD-10 like every other recipe."""
+    return paper_base("e-at", [_baseline("e-at", "e-at", LINF, [L1])], "e-at")
+
+
 def small(config: RunConfig) -> RunConfig:
     """The same algorithm at CPU scale: small CNN, 8k CIFAR-10 images, 8 epochs, PGD-5 in training.
 
@@ -94,6 +168,11 @@ PAPER_RECIPES: dict[str, Callable[[], RunConfig]] = {
     "generalist-d": generalist_d,
     "generalist-mn": generalist_mn,
     "generalist-t": generalist_t,
+    "trades": trades,
+    "avg": avg,
+    "max": max_,
+    "msd": msd_,
+    "e-at": e_at,
 }
 
 

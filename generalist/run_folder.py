@@ -65,8 +65,17 @@ class RunFolder:
         candidates = [c for c in (ckpt.find_checkpoint(self.last),
                                   extra_checkpoints(self.path) if extra_checkpoints else None) if c is not None]
         if not candidates:
-            raise RunFolderError(f"--resume: {self.path} has no checkpoint to resume from "
-                                 "(start it without --resume, or check the path)")
+            if not (self.path / "config.json").is_file():
+                raise RunFolderError(f"--resume: {self.path} has no checkpoint to resume from "
+                                     "(start it without --resume, or check the path)")
+            # Started, but stopped before its first checkpoint (killed in its first epoch, or a dataset error):
+            # resuming it is starting again from step 0 with the config it was made with.
+            diff = fingerprint_diff(self.load_config().fingerprint(), config.fingerprint())
+            if diff:
+                raise RunFolderError(f"{self.path / 'config.json'} was made by a different config: {diff}; "
+                                     "resume with the run's own config.json, or start a new run folder")
+            ckpt.write_json_atomic(self.path / f"metadata-resume-{int(time.time())}.json", run_metadata())
+            return None
         states = [(ckpt.read_state(c), c) for c in candidates]
         state, found = max(states, key=lambda item: item[0]["global_step"])
         diff = fingerprint_diff(state.get("fingerprint", {}), config.fingerprint())

@@ -31,12 +31,13 @@ class Coordinator:
         self.join_done: asyncio.Future | None = None
         self.rows: list[tuple[str, dict]] = []  # ("rounds" | "epochs" | "restart", row), drained by the driver
         self.learner_pids: dict[int, int] = {}
+        self.learner_gpus: dict[int, list[str]] = {}  # the GPU ids Ray gave each learner actor
         self.last_sync_s = 0.0
         self.restarts = 0
 
     # --- learner group start / restart -------------------------------------------------------------
 
-    async def join(self, rank: int, pid: int, start_step: int, global_payload: dict | None) -> int:
+    async def join(self, rank: int, pid: int, gpu_ids: list, start_step: int, global_payload: dict | None) -> int:
         """Barrier at (re)start of the learner group; rank 0 brings the checkpoint's global state.
 
         Every (re)start resets the round state, so a learner that died mid-round leaves nothing behind."""
@@ -48,6 +49,7 @@ class Coordinator:
                 self.result.cancel()
             self.result = None
         self.learner_pids[rank] = pid
+        self.learner_gpus[rank] = [str(g) for g in gpu_ids]
         self.joined[rank] = global_payload if rank == 0 else None
         if len(self.joined) == self.num_learners:
             payload = self.joined[0]
@@ -106,5 +108,6 @@ class Coordinator:
         return {"rows": rows, "global_step": self.global_step, "last_sync_s": self.last_sync_s,
                 "restarts": self.restarts}
 
-    def pids(self) -> dict[int, int]:
-        return dict(self.learner_pids)
+    def learners(self) -> dict[int, dict]:
+        """Process id and GPU ids of each learner actor (for operators, and for fault-injection tests)."""
+        return {k: {"pid": pid, "gpus": self.learner_gpus.get(k, [])} for k, pid in self.learner_pids.items()}

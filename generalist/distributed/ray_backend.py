@@ -19,7 +19,7 @@ import ray
 import torch
 from ray import train as ray_train
 from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 
 from generalist import checkpoint as ckpt
 from generalist.config import RunConfig as GeneralistConfig
@@ -102,7 +102,8 @@ def learner_worker(spec: dict) -> None:
     config = GeneralistConfig.from_dict(spec["config"])
     rank = ray_train.get_context().get_world_rank()
     set_determinism(config.runtime.deterministic, config.runtime.threads_per_learner)
-    device = ray_train.torch.get_device() if config.runtime.gpus_per_learner > 0 else torch.device("cpu")
+    use_cuda = config.runtime.gpus_per_learner > 0 and config.runtime.device != "cpu"
+    device = ray_train.torch.get_device() if use_cuda else torch.device("cpu")
     coordinator = ray.get_actor(spec["coordinator"], namespace=spec["namespace"])
     data = prepare_run_data(config)
     (learner,) = build_learners(config, data, [rank], device)
@@ -118,7 +119,7 @@ def learner_worker(spec: dict) -> None:
             start_step = learner.steps_done
             if rank == 0:
                 global_payload, best_score = payloads[GLOBAL], state.get("best_score")
-    ray.get(coordinator.join.remote(rank, os.getpid(), start_step, global_payload),
+    ray.get(coordinator.join.remote(rank, os.getpid(), ray.get_gpu_ids(), start_step, global_payload),
             timeout=config.runtime.sync_timeout_s)
     sink = WorkerSink(config, rank, coordinator, spec["local_run_dir"], best_score)
     sync = RaySync(coordinator, rank, config.runtime.sync_timeout_s)
@@ -197,6 +198,8 @@ def _fit(config: GeneralistConfig, folder: RunFolder, state: dict | None, quiet:
     trainer = TorchTrainer(
         learner_worker,
         train_loop_config=spec,
+        # Learners never run collectives (the coordinator mixes), so the cheap gloo group suffices everywhere.
+        torch_config=TorchConfig(backend="gloo"),
         scaling_config=ScalingConfig(num_workers=len(config.learners), use_gpu=use_gpu,
                                      resources_per_worker=resources, placement_strategy=runtime.placement),
         run_config=RunConfig(name=f"ray-session-{session}", storage_path=str(folder.path.resolve()),

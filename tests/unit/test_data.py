@@ -83,13 +83,16 @@ def test_cifar10_images_are_uint8_over_the_full_range_and_match_the_png_rows(cif
 
 
 @needs_data
-def test_cifar10_second_load_comes_verified_from_the_disk_cache(cifar):
+def test_cifar10_second_load_comes_from_the_disk_cache_without_decoding(cifar, monkeypatch):
     cached = sorted(p.name for p in D.cache_dir().iterdir())
     assert any(n.startswith("cifar10-train-") for n in cached) and not any(n.endswith(".tmp") for n in cached)
     D.clear_memory_cache()
-    start = time.perf_counter()
+
+    def no_decode(path):
+        raise AssertionError(f"decoded {path} although the cache holds it")
+
+    monkeypatch.setattr(D, "_decode_cifar_png", no_decode)
     again = D.load_split("cifar10", shared_data(), train=True)
-    assert time.perf_counter() - start < 1.0  # decoding the PNGs takes longer than that
     assert torch.equal(again.x, cifar["train"].x) and torch.equal(again.y, cifar["train"].y)
 
 
@@ -409,18 +412,25 @@ def test_eval_batches_cover_the_data_in_order_as_floats_in_unit_range():
 
 
 @needs_data
-def test_an_augmented_cifar_batch_of_128_takes_under_2_ms(cifar):
+def test_an_augmented_cifar_batch_of_128_takes_about_a_millisecond_of_cpu(cifar):
     stream = D.TrainStream(cifar["train"], batch_size=128, seed=0, augment=True)
     stream.batch(0, 0)  # builds the epoch's permutation
-    rounds_s = []
-    # CPU seconds, fastest of 5 rounds: other jobs on a busy machine stretch wall time, not our CPU time.
-    for first in range(1, 51, 10):
-        start = time.process_time()
-        for step in range(first, first + 10):
-            x, _ = stream.batch(0, step)
-        rounds_s.append((time.process_time() - start) / 10)
+    # One thread and CPU seconds, fastest of 5 rounds: on a busy machine wall time stretches, and two
+    # OpenMP threads spin-wait for each other (measured: 73 ms median wall per batch at load 8 on 2 cores).
+    threads, rounds_s = torch.get_num_threads(), []
+    torch.set_num_threads(1)
+    try:
+        for first in range(1, 51, 10):
+            start = time.process_time()
+            for step in range(first, first + 10):
+                x, _ = stream.batch(0, step)
+            rounds_s.append((time.process_time() - start) / 10)
+    finally:
+        torch.set_num_threads(threads)
     assert x.shape == (128, 3, 32, 32) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
-    assert min(rounds_s) < 0.002  # ~0.7 ms on 2 idle cores; a per-image Python loop takes several ms
+    # Target < 2 ms; measured ~0.9 ms at load 8. A per-image Python loop costs ~12 ms, so this catches
+    # losing the vectorised path with room for a slower CI machine.
+    assert min(rounds_s) < 0.003
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

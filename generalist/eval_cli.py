@@ -1,0 +1,190 @@
+"""The `generalist eval` and `generalist report` commands: arguments in, eval.json / Markdown / PNG out."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from generalist.errors import ConfigError
+
+
+def register(subparsers) -> None:
+    """Add `eval` and `report` to the `generalist` command's subparsers."""
+    ev = subparsers.add_parser(
+        "eval", help="clean, PGD and AutoAttack accuracy per threat and union; writes eval.json + points.parquet",
+        description="Evaluate a run's global learner (or a base learner) on the test split: clean accuracy, "
+                    "PGD-k and standard AutoAttack per threat, per-point worst case and union accuracy.")
+    ev.add_argument("source", help="a run folder, a checkpoint folder, or a .pt state_dict (then --arch, --dataset)")
+    ev.add_argument("--learner", default="global",
+                    help="global (default), a base learner's name, or all (global and every learner)")
+    ev.add_argument("--checkpoint", default="auto", choices=["auto", "final", "last", "best"],
+                    help="which checkpoint of a run folder (auto: final/global.pt, else last)")
+    ev.add_argument("--weights", default="model", choices=["model", "ema"],
+                    help="a base learner's trained weights (model) or its EMA")
+    ev.add_argument("--arch", help="architecture of a bare .pt (e.g. small-cnn)")
+    ev.add_argument("--dataset", help="dataset of a bare .pt (cifar10, mnist, fashion-mnist)")
+    ev.add_argument("--data-root", help="dataset folder (default: the run's data.root, else $GENERALIST_DATA)")
+    ev.add_argument("--threat", action="append", metavar="NORM[=EPS]",
+                    help="a threat to evaluate, repeatable: Linf, L2, L1 with an optional budget such as "
+                         "Linf=8/255 (default: Linf=8/255, L2=0.5, L1=12)")
+    ev.add_argument("--n", type=int, help="evaluate the first N test points (default: the whole test split)")
+    ev.add_argument("--batch-size", type=int, default=250,
+                    help="points per batch and per block (AutoAttack's batch; numbers depend on it, default 250)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of PGD starts and AutoAttack (default 0)")
+    ev.add_argument("--pgd-steps", type=int, default=20, help="PGD steps per threat; 0 turns PGD off (default 20)")
+    ev.add_argument("--pgd-restarts", type=int, default=1, help="PGD random restarts (default 1)")
+    ev.add_argument("--pgd-step-fraction", type=float, default=0.25,
+                    help="PGD step size as a fraction of eps (default 0.25: 2/255 at 8/255)")
+    ev.add_argument("--autoattack", default="standard",
+                    help="standard (APGD-CE, APGD-T, FAB-T, Square), none, or a comma list of pyautoattack "
+                         "attacks such as apgd-ce,square (a custom, non-standard evaluation)")
+    ev.add_argument("--aa-option", action="append", default=[], metavar="ATTACK.ATTR=VALUE",
+                    help="tune pyautoattack (non-standard), e.g. apgd.n_iter=10, square.n_queries=100")
+    ev.add_argument("--out", help="output folder (default: RUN/eval/LEARNER, or eval-NAME beside a bare .pt)")
+    ev.add_argument("--fresh", action="store_true", help="discard finished blocks of an earlier identical run")
+    ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ev.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's default)")
+    ev.add_argument("--shards", type=int, default=1,
+                    help="split the blocks over this many Ray tasks (same numbers as one process)")
+    ev.add_argument("--address", help="Ray cluster address for --shards (default: $RAY_ADDRESS, else a local Ray)")
+    ev.add_argument("--quiet", action="store_true")
+    ev.set_defaults(handler=run_eval)
+
+    rp = subparsers.add_parser(
+        "report", help="Markdown table (mean +- std over seeds per recipe) and PNG plots of runs",
+        description="Summarise run folders: a Markdown table grouped by recipe, the clean/robust trade-off "
+                    "and training curves as PNG.")
+    rp.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
+    rp.add_argument("--out", default="report", help="output folder (default: ./report)")
+    rp.set_defaults(handler=run_report)
+
+
+def _spec(args):
+    from generalist.evaluate import DEFAULT_THREATS, EvalSpec, ThreatSpec
+
+    threats = [ThreatSpec.parse(t) for t in args.threat] if args.threat else list(DEFAULT_THREATS)
+    options = {}
+    for item in args.aa_option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--aa-option {item!r} must look like apgd.n_iter=10")
+        try:
+            options[key.strip()] = int(value)
+        except ValueError:
+            raise ConfigError(f"--aa-option {item!r}: the value must be an integer") from None
+    version, attacks = args.autoattack, None
+    if version not in ("standard", "none"):
+        version, attacks = "custom", [a.strip() for a in args.autoattack.split(",") if a.strip()]
+    return EvalSpec(threats=threats, n=args.n, batch_size=args.batch_size, seed=args.seed,
+                    pgd_steps=args.pgd_steps, pgd_restarts=args.pgd_restarts,
+                    pgd_step_fraction=args.pgd_step_fraction, autoattack=version, aa_attacks=attacks,
+                    aa_options=options)
+
+
+def run_eval(args) -> int:
+    import torch
+
+    from generalist.data import load_split, resolve_data_root
+    from generalist.evaluate import load_model
+    from generalist.repro import resolve_device
+
+    spec = _spec(args)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.shards < 1:
+        raise ConfigError(f"--shards must be >= 1, got {args.shards}")
+    device = resolve_device(args.device)
+    first = load_model(args.source, learner="global" if args.learner == "all" else args.learner,
+                       checkpoint=args.checkpoint, weights=args.weights, architecture=args.arch,
+                       dataset=args.dataset)
+    learners = [args.learner] if args.learner != "all" else (
+        ["global"] + (first.config.learner_names if first.config else []))
+    root = args.data_root or (first.config.data.root if first.config else None)
+    test = load_split(first.dataset, resolve_data_root(root), train=False)
+    if spec.n is not None and spec.n > len(test):
+        raise ConfigError(f"--n {spec.n} is larger than the {len(test)} points of the {first.dataset} test split")
+    for learner in learners:
+        source = first if learner == first.name else load_model(
+            args.source, learner=learner, checkpoint=args.checkpoint, weights=args.weights,
+            architecture=args.arch, dataset=args.dataset)
+        out = _out_dir(args, source)
+        record = evaluate_source(source, test, spec, out=out, device=device, fresh=args.fresh, shards=args.shards,
+                                 address=args.address, quiet=args.quiet)
+        if not args.quiet:
+            from generalist.evaluate import format_summary
+
+            print(format_summary(record))
+        print(f"wrote {out / 'eval.json'} and {out / 'points.parquet'} "
+              f"({record['eval']['seconds']:.0f} s)", flush=True)
+    return 0
+
+
+def _out_dir(args, source) -> Path:
+    if args.out:
+        base = Path(args.out)
+        return base / source.name if args.learner == "all" else base
+    if source.run_dir:
+        return Path(source.run_dir) / "eval" / source.name
+    return Path(source.checkpoint).parent / f"eval-{Path(source.checkpoint).stem}"
+
+
+def evaluate_source(source, test, spec, *, out: Path, device, fresh: bool = False, shards: int = 1,
+                    address: str | None = None, quiet: bool = True, command: list[str] | None = None) -> dict:
+    """Evaluate a loaded model, write out/eval.json and out/points.parquet, return the eval.json record.
+
+    Finished blocks are kept in out/state/KEY (KEY from the model, the points and the spec), so running the
+    same evaluation again after a crash resumes it."""
+    import torch
+
+    from generalist.checkpoint import write_json_atomic
+    from generalist.data import TensorData
+    from generalist.evaluate import (build_attacks, eval_record, evaluate_points, fingerprint, summarize,
+                                     write_points_parquet)
+    from generalist.repro import run_metadata
+
+    n = len(test) if spec.n is None else spec.n
+    points = TensorData(test.x[:n], test.y[:n])
+    key = hashlib.sha256(json.dumps(fingerprint(source.model, points, spec), sort_keys=True).encode()).hexdigest()
+    state_dir = out / "state" / key[:16]
+    if fresh and state_dir.exists():
+        shutil.rmtree(state_dir)
+    log = (lambda message: None) if quiet else (lambda message: print(message, flush=True))
+    started = time.perf_counter()
+    if shards > 1 or address:
+        from generalist.distributed.sharded_eval import evaluate_sharded
+
+        results = evaluate_sharded(source.model.state_dict(), source.architecture, source.dataset, points, spec,
+                                   shards=shards, state_dir=state_dir, address=address,
+                                   threads=torch.get_num_threads(), device=str(device))
+    else:
+        results = evaluate_points(source.model, points, spec, device=device, state_dir=state_dir, log=log)
+    seconds = time.perf_counter() - started
+    summary = summarize(results.table, spec, notes=results.notes)
+    for norm, per in results.seconds.items():
+        summary["threats"][norm]["seconds"] = {k: round(v, 2) for k, v in per.items()}
+    record = eval_record(summary, spec, source, build_attacks(spec, torch.device("cpu")), seconds=seconds,
+                         metadata=run_metadata(command), device=str(device), threads=torch.get_num_threads(),
+                         shards=shards, split_size=len(test))
+    write_points_parquet(results.table, out / "points.parquet", {"model": source.name})
+    write_json_atomic(out / "eval.json", record)
+    return record
+
+
+def run_report(args) -> int:
+    from generalist.report import write_report
+
+    written = write_report([Path(r) for r in args.runs], Path(args.out))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m generalist.eval_cli` is not an entry point
+    sys.exit("run `generalist eval` or `generalist report`")

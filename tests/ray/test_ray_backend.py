@@ -1,0 +1,148 @@
+"""The Ray backend on a real local Ray: same numbers as in-process, placement, faults, clear errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+from generalist.checkpoint import load_state_dict_file
+from generalist.distributed import train
+from generalist.errors import BackendError
+
+pytestmark = pytest.mark.usefixtures("local_ray")
+
+
+def final_global(run_dir) -> dict:
+    return load_state_dict_file(run_dir / "final" / "global.pt")
+
+
+def assert_same_tensors(a: dict, b: dict) -> None:
+    assert set(a) == set(b)
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"differ: {differ[:5]}"
+
+
+def coordinator_handle(ray):
+    for _ in range(600):
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                 if a["name"].startswith("generalist-coordinator-")]
+        if names:
+            namespace = ray.get_runtime_context().namespace
+            return ray.get_actor(sorted(names)[-1], namespace=namespace)
+        time.sleep(0.1)
+    raise AssertionError("no coordinator actor appeared")
+
+
+@pytest.mark.parametrize("recipe", ["generalist-d-small", "generalist-t-small"])
+def test_ray_run_gives_the_same_global_weights_as_the_in_process_backend(tiny, tmp_path, recipe):
+    config = tiny(recipe, "schedule.epochs=2")
+    train(config, tmp_path / "local", quiet=True)
+    ray_config = tiny(recipe, "schedule.epochs=2", "runtime.backend=ray")
+    train(ray_config, tmp_path / "ray", quiet=True)
+    assert_same_tensors(final_global(tmp_path / "local"), final_global(tmp_path / "ray"))
+    # Both backends stream the same metric tables.
+    for table in ("rounds", "epochs"):
+        assert (tmp_path / "ray" / "metrics" / f"{table}.parquet").is_file()
+
+
+def test_each_learner_actor_gets_its_own_gpu(tiny, tmp_path, local_ray):
+    config = tiny("generalist-t-small", "schedule.epochs=1", "runtime.backend=ray", "runtime.gpus_per_learner=1",
+                  "runtime.device=cpu")
+    seen = {}
+
+    def watch():
+        coordinator = coordinator_handle(local_ray)
+        for _ in range(600):
+            learners = local_ray.get(coordinator.learners.remote())
+            if len(learners) == 3:
+                seen.update(learners)
+                return
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    train(config, tmp_path / "run", quiet=True)
+    watcher.join()
+    gpu_ids = [tuple(seen[k]["gpus"]) for k in range(3)]
+    assert all(len(ids) == 1 for ids in gpu_ids), gpu_ids
+    assert len(set(gpu_ids)) == 3, f"learners share GPUs: {gpu_ids}"
+
+
+def test_more_learners_than_gpus_is_a_clear_error_unless_gpus_are_fractional(tiny, tmp_path):
+    too_many = tiny("generalist-t-small", "runtime.backend=ray", "runtime.gpus_per_learner=2", "runtime.device=cpu")
+    with pytest.raises(BackendError, match=r"asked for 6 GPUs .* the cluster has 3"):
+        train(too_many, tmp_path / "a", quiet=True)
+    fractional = tiny("generalist-d-small", "schedule.epochs=1", "runtime.backend=ray",
+                      "runtime.gpus_per_learner=0.5", "runtime.device=cpu")
+    train(fractional, tmp_path / "b", quiet=True)
+    assert (tmp_path / "b" / "final" / "global.pt").is_file()
+
+
+def test_a_killed_learner_is_restarted_from_the_last_checkpoint_and_the_run_ends_bit_identical(
+        tiny, tmp_path, local_ray):
+    overrides = ("schedule.epochs=3", "runtime.checkpoint_every_rounds=3")
+    train(tiny("generalist-d-small", *overrides), tmp_path / "local", quiet=True)
+    kills = []
+
+    def kill_learner_at(steps: list[int]):
+        coordinator = coordinator_handle(local_ray)
+        for target, rank in zip(steps, (1, 0)):
+            while True:
+                status = local_ray.get(coordinator.drain.remote())
+                if status["global_step"] >= target:
+                    break
+                time.sleep(0.05)
+            pid = local_ray.get(coordinator.learners.remote())[rank]["pid"]
+            os.kill(pid, signal.SIGKILL)  # a real process death, as from the OOM killer
+            kills.append((rank, status["global_step"]))
+            time.sleep(3)
+
+    killer = threading.Thread(target=kill_learner_at, args=([7, 19],))  # mid-epoch 1, then inside epoch 2
+    killer.start()
+    train(tiny("generalist-d-small", *overrides, "runtime.backend=ray", "runtime.max_failures=3"),
+          tmp_path / "ray", quiet=True)
+    killer.join()
+    assert len(kills) == 2, kills
+    assert_same_tensors(final_global(tmp_path / "local"), final_global(tmp_path / "ray"))
+    rows = [(r["learner"], r["global_step"]) for r in _jsonl(tmp_path / "ray" / "metrics" / "rounds.jsonl")]
+    assert len(rows) == len(set(rows)), "rounds re-run after a restart were logged twice"
+
+
+def test_a_hung_learner_times_out_into_a_clear_error(tiny, tmp_path, local_ray):
+    config = tiny("generalist-d-small", "schedule.epochs=3", "runtime.backend=ray", "runtime.max_failures=0",
+                  "runtime.sync_timeout_s=4")
+    stopped = []
+
+    def hang_learner():
+        coordinator = coordinator_handle(local_ray)
+        while True:
+            learners = local_ray.get(coordinator.learners.remote())
+            if len(learners) == 2 and local_ray.get(coordinator.drain.remote())["global_step"] >= 3:
+                break
+            time.sleep(0.05)
+        os.kill(learners[1]["pid"], signal.SIGSTOP)  # alive but never answers: a hang, not a crash
+        stopped.append(learners[1]["pid"])
+
+    thread = threading.Thread(target=hang_learner)
+    thread.start()
+    try:
+        with pytest.raises(BackendError, match=r"never arrived"):
+            train(config, tmp_path / "run", quiet=True)
+    finally:
+        thread.join()
+        for pid in stopped:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _jsonl(path):
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
