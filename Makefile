@@ -36,3 +36,34 @@ test-all: venv
 
 clean-venv:
 	rm -rf $(VENV)
+
+# --- docker ---
+# Reproduce a named job of jobs/jobs.yaml in containers (docker/README.md): build the image, start a Ray head and a
+# GPU worker (docker/compose.yaml), submit the job and its evaluation, stop the containers. The run folder is left
+# on this host in $(DOCKER_RUNS)/RECIPE-seed0. Needs Docker with Compose v2 and the NVIDIA Container Toolkit.
+#   make docker-repro RECIPE=generalist-d        (RECIPE: a job name of jobs/jobs.yaml; default $(RECIPE))
+DOCKER_IMAGE ?= generalist:0.1.0-cu130
+DOCKER_RUNS ?= $(abspath runs/docker)
+DOCKER_REGISTRY ?=
+COMPOSE := docker compose -f docker/compose.yaml
+COMPOSE_ENV = HOST_UID=$$(id -u) HOST_GID=$$(id -g) RUNS_DIR=$(DOCKER_RUNS) DATA_DIR=$(DATA) JOB=$(RECIPE)
+
+.PHONY: docker-build docker-repro docker-push docker-down
+
+docker-build:
+	docker build -f docker/Dockerfile -t $(DOCKER_IMAGE) .
+
+docker-repro: docker-build
+	mkdir -p $(DOCKER_RUNS)
+	$(COMPOSE_ENV) $(COMPOSE) up -d --wait ray-head ray-gpu-worker
+	$(COMPOSE_ENV) $(COMPOSE) run --rm repro; status=$$?; $(COMPOSE_ENV) $(COMPOSE) down; exit $$status
+
+## Push the image where cluster nodes can pull it: make docker-push DOCKER_REGISTRY=ghcr.io/you
+docker-push: docker-build
+	@test -n "$(DOCKER_REGISTRY)" || { echo "set DOCKER_REGISTRY, e.g. make docker-push DOCKER_REGISTRY=ghcr.io/you"; exit 2; }
+	docker tag $(DOCKER_IMAGE) $(DOCKER_REGISTRY)/$(DOCKER_IMAGE)
+	docker push $(DOCKER_REGISTRY)/$(DOCKER_IMAGE)
+
+docker-down:
+	$(COMPOSE_ENV) $(COMPOSE) down
+# --- end docker ---

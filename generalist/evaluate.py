@@ -417,19 +417,19 @@ def _run_block(model: nn.Module, x: torch.Tensor, y: torch.Tensor, start: int, s
     for t in spec.threats:
         part = store.load(start, t.norm)
         if part is None:
-            part = {}
+            part = {"attacks": []}  # a list: the order attacks ran in decides `fooled_by`
             threat = t.threat()
             for attack in attacks[t.norm]:
                 started = time.perf_counter()
                 x_adv, info = attack.run_block(model, x, y, clean_correct, start)
                 norms = check_adversarial(x, x_adv, threat, f"{attack.key} ({type(attack).__name__})")
                 pred = _predict(model, x_adv)  # recomputed here, never taken from the attack
-                part[attack.key] = {"pred": pred.tolist(), "norm": norms.tolist(),
-                                    "seconds": time.perf_counter() - started, **info}
+                part["attacks"].append({"key": attack.key, "pred": pred.tolist(), "norm": norms.tolist(),
+                                        "seconds": time.perf_counter() - started, **info})
             store.save(start, t.norm, part)
             log(f"block {start}-{start + len(y) - 1} {t.norm}: "
-                + ", ".join(f"{k} {100 * (torch.tensor(v['pred'], device=y.device) == y).float().mean():.1f}%"
-                            f" ({v['seconds']:.1f} s)" for k, v in part.items()))
+                + ", ".join(f"{a['key']} {100 * (torch.tensor(a['pred'], device=y.device) == y).float().mean():.1f}%"
+                            f" ({a['seconds']:.1f} s)" for a in part["attacks"]))
         out[t.norm] = part
     return out
 
@@ -491,7 +491,8 @@ def _notes_and_seconds(spec: EvalSpec, records: dict[int, dict]) -> tuple[list[s
     for start in sorted(records):
         notes.extend(records[start]["clean"].get("sanity", []))
         for t in spec.threats:
-            for key, part in records[start][t.norm].items():
+            for part in records[start][t.norm]["attacks"]:
+                key = part["key"]
                 seconds[t.norm][key] = seconds[t.norm].get(key, 0.0) + part["seconds"]
                 notes.extend(f"{t.norm} pyautoattack: {w}" for w in part.get("warnings", []))
     return list(dict.fromkeys(notes)), seconds
@@ -535,7 +536,8 @@ def point_table(points: TensorData, spec: EvalSpec, starts: list[int], records: 
         for t in spec.threats:
             robust = list(block_cols["clean_correct"])
             fooled_by = ["" if c else "clean" for c in robust]
-            for key, part in rec[t.norm].items():
+            for part in rec[t.norm]["attacks"]:
+                key = part["key"]
                 correct = [p == l for p, l in zip(part["pred"], labels)]
                 block_cols[f"{t.norm}_{key}_pred"] = part["pred"]
                 block_cols[f"{t.norm}_{key}_correct"] = correct

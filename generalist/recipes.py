@@ -144,7 +144,9 @@ def small(config: RunConfig) -> RunConfig:
 
     Changed from paper scale, and why: lr 0.05 (a small CNN with BN trains faster at a higher lr in 8 epochs),
     training PGD 5 steps of 2.5 * eps / 5 (half the cost; Madry et al.'s step rule), redistribution every 2
-    epochs (E=8 has too few epochs for every 5), validation on 500 points."""
+    epochs (E=8 has too few epochs for every 5), validation on 500 points. The baselines shrink the same way:
+    every threat of a learner, extra_attacks included, gets PGD-5 (Linf 4/255, L2 0.25, L1 6 a step; MSD runs
+    5 steps), and they share the lr 0.05; TRADES keeps beta 6."""
     def shrink(learner: LearnerConfig) -> LearnerConfig:
         def short(attack: AttackConfig | None) -> AttackConfig | None:
             if attack is None:

@@ -2,8 +2,9 @@
 
     python jobs/submit.py --list                        the named jobs, their learners and GPUs
     python jobs/submit.py generalist-d --print          the job's submit line (what jobs/README.md lists); runs nothing
-    python jobs/submit.py generalist-d --address http://127.0.0.1:8265 --eval
-                                                        train, then `generalist eval` the run folder as a second job
+    python jobs/submit.py generalist-d --address http://127.0.0.1:8265 --eval --report
+                                                        train, then `generalist eval` the run folder as a second job,
+                                                        then `generalist report` it into RUN/report/report.md
 
 The address is the cluster's dashboard (default: $RAY_ADDRESS). The run folder is RUNS_ROOT/RECIPE-seedSEED on the
 cluster's shared volume (jobs/run_job.py names it); the evaluation writes RUN/eval/global/eval.json there and prints
@@ -57,6 +58,12 @@ def eval_command(job: dict, runs_root: str, seed: int = 0, extra: list[str] | No
     return ["generalist", "eval", run_dir(job, runs_root, seed)] + list(extra or [])
 
 
+def report_command(job: dict, runs_root: str, seed: int = 0) -> list[str]:
+    """The entrypoint of the report job: the run's Markdown table and plots in RUN/report/."""
+    folder = run_dir(job, runs_root, seed)
+    return ["generalist", "report", folder, "--out", f"{folder}/report"]
+
+
 def submit_argv(address: str, entrypoint: list[str], entrypoint_gpus: float = 0) -> list[str]:
     """`ray job submit` of an entrypoint with the project as working directory and jobs/runtime_env.yaml."""
     argv = ["ray", "job", "submit", "--address", address, "--working-dir", ".", "--runtime-env", RUNTIME_ENV]
@@ -100,7 +107,7 @@ def wait_for_gpus(address: str, need: float, timeout_s: float, poll_s: float = 5
         time.sleep(poll_s)
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("job", nargs="?", help="a job name of jobs/jobs.yaml (see --list)")
     parser.add_argument("--list", action="store_true", help="list the named jobs")
@@ -110,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs-root", help="shared folder of run folders (default: runs_root of jobs.yaml)")
     parser.add_argument("--eval", action="store_true", help="after training, evaluate the run folder as a job")
+    parser.add_argument("--report", action="store_true", help="then write RUN/report/report.md as a job")
     parser.add_argument("--eval-args", default="", help="extra `generalist eval` arguments, one shell string")
     parser.add_argument("--wait-for-gpus", type=float, default=0, metavar="SECONDS",
                         help="first wait up to this long for the cluster to offer the job's GPUs")
@@ -118,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parser().parse_intermixed_args(argv)
     book = load_jobs()
     if args.list:
         for name, job in book["jobs"].items():
@@ -136,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval:
         steps.append(submit_argv(address, eval_command(job, runs_root, args.seed, shlex.split(args.eval_args)),
                                  entrypoint_gpus=1 if job["gpus"] else 0))
+    if args.report:
+        steps.append(submit_argv(address, report_command(job, runs_root, args.seed)))
     if args.print:
         for step in steps:
             print(as_line(step))
@@ -147,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         code = subprocess.run([ray_executable(), *step[1:]], check=False, cwd=JOBS_FILE.parent.parent).returncode
         if code:
             return code
-    print(f"run folder: {run_dir(job, runs_root, args.seed)}", flush=True)
+    folder = run_dir(job, runs_root, args.seed)
+    print(f"run folder: {folder}" + (f"; table: {folder}/report/report.md" if args.report else ""), flush=True)
     return 0
 
 

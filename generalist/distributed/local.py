@@ -61,9 +61,9 @@ def train_local(config: RunConfig, run_dir: str | Path, *, resume: bool = False,
 def finish(config: RunConfig, folder: RunFolder, global_state: StateDict, sink: FolderSink, seconds: float,
            quiet: bool) -> dict:
     """Write the final global model and summary; print the last validation table."""
-    last = {}
-    for row in sink.metrics.rows("epochs"):
-        last[row["model"]] = {k: v for k, v in row.items() if k.endswith("_acc") or k.startswith("pgd_acc")}
+    latest = {row["model"]: row for row in sink.metrics.rows("epochs")}
+    last = {name: {k: v for k, v in latest[name].items() if k == "clean_acc" or k.startswith("pgd_acc")}
+            for name in [*config.learner_names, GLOBAL] if name in latest}
     summary = {"recipe": config.recipe, "seed": config.seed, "backend": config.runtime.backend,
                "train_seconds_this_session": round(seconds, 2), "final_validation": last,
                "best_validation_score": sink.best_score}

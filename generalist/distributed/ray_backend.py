@@ -109,6 +109,8 @@ def learner_worker(spec: dict) -> None:
     (learner,) = build_learners(config, data, [rank], device)
     start_step, global_payload, best_score = 0, None, None
     checkpoint = ray_train.get_checkpoint()
+    if checkpoint is None and spec["resume_folder"]:
+        checkpoint = Checkpoint.from_directory(spec["resume_folder"])
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = ckpt.read_state(folder) if rank == 0 else {"global_step": None}
@@ -191,7 +193,10 @@ def _fit(config: GeneralistConfig, folder: RunFolder, state: dict | None, quiet:
     name = f"generalist-coordinator-{os.getpid()}-{session}-{time.time_ns()}"
     coordinator = Coordinator.options(name=name, namespace=namespace).remote(config, data_kwargs.initial_state)
     spec = {"config": config.to_dict(), "coordinator": name, "namespace": namespace,
-            "local_run_dir": str(folder.path.resolve())}
+            "local_run_dir": str(folder.path.resolve()),
+            # An earlier session's (or the local backend's) checkpoint; restarts inside this session use
+            # the checkpoints Ray Train has seen reported instead.
+            "resume_folder": state["folder"] if state else None}
     runtime = config.runtime
     use_gpu = runtime.gpus_per_learner > 0
     resources = {"CPU": runtime.cpus_per_learner, **({"GPU": runtime.gpus_per_learner} if use_gpu else {})}
@@ -204,7 +209,6 @@ def _fit(config: GeneralistConfig, folder: RunFolder, state: dict | None, quiet:
                                      resources_per_worker=resources, placement_strategy=runtime.placement),
         run_config=RunConfig(name=f"ray-session-{session}", storage_path=str(folder.path.resolve()),
                              failure_config=FailureConfig(max_failures=runtime.max_failures)),
-        resume_from_checkpoint=Checkpoint.from_directory(state["folder"]) if state else None,
     )
     sink = FolderSink(config, folder, data_kwargs.stream.steps_per_epoch,
                       best_score=state.get("best_score") if state else None, quiet=quiet)
