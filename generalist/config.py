@@ -186,11 +186,18 @@ class RuntimeConfig:
     cpus_per_learner: float = 1.0
     gpus_per_learner: float = 0.0  # 1 = one dedicated GPU per learner; fractions share a GPU
     placement: str = "PACK"  # PACK | SPREAD
-    threads_per_learner: int = 1  # torch intra-op threads in each learner
+    threads_per_learner: int = 0  # torch intra-op threads per learner; 0 = from cpus_per_learner (at least 1)
     deterministic: bool = True  # torch deterministic algorithms (bit-exact resume and backend parity)
     checkpoint_every_rounds: int = 0  # 0 = at every epoch end only
     max_failures: int = 2  # learner-group restarts from the last checkpoint
     sync_timeout_s: float = 600.0  # a learner that does not reach a sync in this time is reported hung
+    wait_for_resources_s: float = 0.0  # an autoscaling cluster may add GPU nodes: wait this long before failing
+
+    @property
+    def threads(self) -> int:
+        """Intra-op threads of each learner: set, or the CPUs Ray gives it, so co-located actors do not
+        fight over cores. Part of determinism on CPU: reductions split differently over more threads."""
+        return self.threads_per_learner or max(1, int(self.cpus_per_learner))
 
     def __post_init__(self) -> None:
         _choice("runtime.backend", self.backend, ("ray", "local"))
@@ -198,7 +205,7 @@ class RuntimeConfig:
         _choice("runtime.placement", self.placement, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
         _check(self.cpus_per_learner > 0, f"runtime.cpus_per_learner must be > 0, got {self.cpus_per_learner}")
         _check(self.gpus_per_learner >= 0, f"runtime.gpus_per_learner must be >= 0, got {self.gpus_per_learner}")
-        _check(self.threads_per_learner >= 1, "runtime.threads_per_learner must be >= 1")
+        _check(self.threads_per_learner >= 0, "runtime.threads_per_learner must be >= 0 (0 = from cpus_per_learner)")
         _check(self.checkpoint_every_rounds >= 0, "runtime.checkpoint_every_rounds must be >= 0")
         _check(self.sync_timeout_s > 0, "runtime.sync_timeout_s must be > 0")
 

@@ -41,6 +41,7 @@ DEFAULT_EPS_TEXT = {"Linf": "8/255", "L2": "0.5", "L1": "12"}
 # compute x + delta in float32, which can land a few ulps outside (relative 1e-6 seen for L2 and L1).
 BALL_RTOL = 1e-5
 BALL_ATOL = 1e-6
+STATE_FORMAT = 2  # of the per-block records under state_dir; part of the resume key
 
 
 class AttackCheckError(GeneralistError):
@@ -511,7 +512,7 @@ def merge_results(results: list[PointResults]) -> PointResults:
 
 def fingerprint(model: nn.Module, points: TensorData, spec: EvalSpec) -> dict:
     """What an evaluation's numbers are a function of (model weights, points, spec): the resume key."""
-    return {"model_sha256": tensor_digest(model.state_dict()),
+    return {"state_format": STATE_FORMAT, "model_sha256": tensor_digest(model.state_dict()),
             "points_sha256": tensor_digest([points.x, points.y]), "spec": spec.to_dict()}
 
 

@@ -85,8 +85,8 @@ def ray_executable() -> str:
 
 def cluster_gpus(address: str) -> float:
     """GPUs of the live nodes of the cluster at `address`, from Ray's state API (`ray list nodes`)."""
-    out = subprocess.run([ray_executable(), "list", "nodes", "--address", address, "--format", "json", "--limit", "10000"],
-                         check=True, capture_output=True, text=True).stdout
+    argv = [ray_executable(), "list", "nodes", "--address", address, "--format", "json", "--limit", "10000"]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
     nodes = json.loads(out)
     return sum(float(n.get("resources_total", {}).get("GPU", 0)) for n in nodes if n.get("state") == "ALIVE")
 

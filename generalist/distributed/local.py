@@ -36,7 +36,7 @@ def train_local(config: RunConfig, run_dir: str | Path, *, resume: bool = False,
                 quiet: bool = False) -> dict:
     folder = RunFolder(run_dir)
     state = folder.start(config, resume)
-    set_determinism(config.runtime.deterministic, config.runtime.threads_per_learner)
+    set_determinism(config.runtime.deterministic, config.runtime.threads)
     device = resolve_device(config.runtime.device)
     data = prepare_run_data(config)
     learners = build_learners(config, data, list(range(len(config.learners))), device)

@@ -101,7 +101,7 @@ def learner_worker(spec: dict) -> None:
     """Ray Train's `train_loop_per_worker`: world rank k runs base learner k to the end of training."""
     config = GeneralistConfig.from_dict(spec["config"])
     rank = ray_train.get_context().get_world_rank()
-    set_determinism(config.runtime.deterministic, config.runtime.threads_per_learner)
+    set_determinism(config.runtime.deterministic, config.runtime.threads)
     use_cuda = config.runtime.gpus_per_learner > 0 and config.runtime.device != "cpu"
     device = ray_train.torch.get_device() if use_cuda else torch.device("cpu")
     coordinator = ray.get_actor(spec["coordinator"], namespace=spec["namespace"])
@@ -130,10 +130,16 @@ def learner_worker(spec: dict) -> None:
 
 
 def _check_capacity(config: GeneralistConfig) -> None:
-    """Fail early, with numbers, when the cluster cannot hold one actor per learner."""
+    """Fail early, with numbers, when the cluster cannot hold one actor per learner.
+
+    On an autoscaling cluster, `runtime.wait_for_resources_s` gives new nodes time to join first."""
     k, runtime = len(config.learners), config.runtime
-    total = ray.cluster_resources()
     need_gpu, need_cpu = k * runtime.gpus_per_learner, k * runtime.cpus_per_learner
+    deadline = time.monotonic() + runtime.wait_for_resources_s
+    total = ray.cluster_resources()
+    while (total.get("GPU", 0) < need_gpu or total.get("CPU", 0) < need_cpu) and time.monotonic() < deadline:
+        time.sleep(5)
+        total = ray.cluster_resources()
     if need_gpu > total.get("GPU", 0):
         raise BackendError(
             f"asked for {need_gpu:g} GPUs ({k} learners x runtime.gpus_per_learner={runtime.gpus_per_learner:g}), "

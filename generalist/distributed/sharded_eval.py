@@ -15,7 +15,8 @@ import torch
 
 from generalist.data import TensorData
 from generalist.errors import BackendError, GeneralistError
-from generalist.evaluate import EvalSpec, PointResults, block_starts, build_eval_model, evaluate_points, merge_results
+from generalist.evaluate import (EvalSpec, PointResults, block_starts, build_eval_model, evaluate_points, load_weights,
+                                 merge_results)
 
 
 def shard_blocks(starts: list[int], shards: int) -> list[list[int]]:
@@ -35,7 +36,7 @@ def _evaluate_shard(state: dict, architecture: str, dataset: str, points: Tensor
     """One task: rebuild the model from its weights and evaluate its blocks (runs in a Ray worker)."""
     torch.set_num_threads(threads)
     model, _ = build_eval_model(architecture, dataset)
-    model.load_state_dict(state)
+    load_weights(model, state, f"the {architecture} weights sent to this shard", architecture)
     return evaluate_points(model.to(device), points, EvalSpec.from_dict(spec), device=device, state_dir=state_dir,
                            blocks=blocks)
 

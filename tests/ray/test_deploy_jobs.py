@@ -2,7 +2,8 @@
 GPUs, and the documented `ray job submit` lines (through jobs/submit.py, which is what docker/compose.yaml's
 `repro` service runs): prepare the data, train a job with one GPU per learner, evaluate it with a GPU entrypoint,
 report it. What differs from a GPU cluster is only what a CPU machine forces: runtime.device=cpu, a small model and
-a tiny budget (overrides appended to the job's own), run folders and data in local folders. (About 3 minutes on 2 cores; marked slow.)
+a tiny budget (overrides appended to the job's own), run folders and data in local folders.
+(About 3 minutes on 2 cores; marked slow.)
 """
 
 from __future__ import annotations

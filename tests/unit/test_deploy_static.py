@@ -233,6 +233,8 @@ def test_ray_cluster_launcher_config_passes_rays_own_validation():
     assert head["resources"].get("GPU", 0) == 0, "the head is a CPU node: learners must land on GPU workers"
     workers = [t for name, t in full["available_node_types"].items() if name != full["head_node_type"]]
     assert any(t["resources"].get("GPU", 0) > 0 for t in workers), "no GPU worker type"
+    for name, node_type in full["available_node_types"].items():  # boto3 fields Ray's schema leaves free-form
+        assert {"InstanceType", "ImageId"} <= set(node_type["node_config"]), f"{name}: InstanceType and ImageId"
     run_options = " ".join(full["docker"]["run_options"])
     assert f":{SHARED_RUNS}" in run_options and f":{SHARED_DATA}" in run_options, "shared storage is not mounted"
     init = " ".join(full["initialization_commands"])
@@ -392,7 +394,8 @@ def test_submit_print_writes_the_train_eval_and_report_lines(capsys):
     assert train.endswith("-- python jobs/run_job.py --recipe generalist-t --runs-root /mnt/runs "
                           "runtime.gpus_per_learner=1 runtime.device=cuda")
     assert "--entrypoint-num-gpus 1 -- generalist eval /mnt/runs/generalist-t-seed0" in evaluate
-    assert report.endswith("-- generalist report /mnt/runs/generalist-t-seed0 --out /mnt/runs/generalist-t-seed0/report")
+    assert report.endswith("-- generalist report /mnt/runs/generalist-t-seed0 "
+                           "--out /mnt/runs/generalist-t-seed0/report")
     assert submit.main(["generalist-t-small", "--print", "--eval", "--seed", "2"]) == 0
     train, evaluate = capsys.readouterr().out.strip().splitlines()
     assert "--seed 2" in train and "--entrypoint-num-gpus" not in evaluate and "t-small-seed2" in evaluate

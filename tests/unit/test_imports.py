@@ -1,0 +1,178 @@
+"""Imports run one way (STYLE.md): config, threat -> models, attacks, losses, data -> learner, mixing, evaluate,
+checkpoint -> distributed -> cli. Read from the source with `ast`, lazy imports (inside functions) included.
+
+Rules, each found to hold when this test was written:
+- `ray` is imported only under generalist/distributed/;
+- nothing in generalist/ imports `jobs`;
+- config.py and threat.py import no generalist module but generalist.errors;
+- every module has a layer below, and imports only from its own layer or lower ones; so models, attacks,
+  losses and data never import learner, mixing, evaluate, checkpoint, training, distributed or the CLI, and
+  generalist.distributed is imported only inside generalist/distributed/ and by the CLI modules.
+A new module must be given a layer here. Under 1 s.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "generalist"
+
+# The layer of every module (a package's modules share its layer). Same layer or lower may be imported.
+LAYERS: dict[str, int] = {
+    "generalist.errors": 0,
+    "generalist.config": 1, "generalist.threat": 1,
+    # what a model, an attack, a loss and a batch need
+    "generalist.models": 2, "generalist.attacks": 2, "generalist.losses": 2, "generalist.data": 2,
+    "generalist.objectives": 2, "generalist.baselines": 2, "generalist.autoattack_eval": 2, "generalist.repro": 2,
+    # one learner, the mixing rule, evaluation, checkpoints; the training loop and run folder built on them
+    "generalist.learner": 3, "generalist.mixing": 3, "generalist.evaluate": 3, "generalist.checkpoint": 3,
+    "generalist.training": 3, "generalist.run_folder": 3, "generalist.metrics": 3, "generalist.report": 3,
+    "generalist.recipes": 3,
+    "generalist.distributed": 4,
+    "generalist.cli": 5, "generalist.eval_cli": 5,
+}
+ONLY_ERRORS = ("generalist.config", "generalist.threat")
+CLI = ("generalist.cli", "generalist.eval_cli")
+
+
+@dataclass(frozen=True)
+class Import:
+    name: str  # absolute dotted module name, e.g. "ray.train" or "generalist.data"
+    line: int
+    lazy: bool  # inside a function or class body rather than at module level
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(source: str, module: str, is_package: bool = False) -> list[Import]:
+    """Every module `module`'s source imports: import/from statements (relative ones resolved) and
+    importlib.import_module("...") / __import__("...") calls with a literal name."""
+    tree = ast.parse(source)
+    found: list[Import] = []
+    package = module if is_package else module.rpartition(".")[0]
+
+    def visit(node: ast.AST, lazy: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = lazy or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if isinstance(child, ast.Import):
+                found.extend(Import(alias.name, child.lineno, lazy) for alias in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    anchor = package.split(".")[: len(package.split(".")) - (child.level - 1)]
+                    base = ".".join(anchor + ([base] if base else []))
+                if base in ("generalist", "generalist.distributed", "generalist.models") or child.level:
+                    # `from generalist import checkpoint` imports the module generalist.checkpoint
+                    found.extend(Import(f"{base}.{alias.name}", child.lineno, lazy) for alias in child.names)
+                found.append(Import(base, child.lineno, lazy))
+            elif isinstance(child, ast.Call):
+                func = child.func
+                called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                if called in ("import_module", "__import__") and child.args and \
+                        isinstance(child.args[0], ast.Constant) and isinstance(child.args[0].value, str):
+                    found.append(Import(child.args[0].value, child.lineno, True))
+            visit(child, inner)
+
+    visit(tree, False)
+    return found
+
+
+def layer_of(name: str) -> int | None:
+    """The layer of a generalist module (its longest listed prefix), None if it has none."""
+    parts = name.split(".")
+    for end in range(len(parts), 1, -1):
+        if ".".join(parts[:end]) in LAYERS:
+            return LAYERS[".".join(parts[:end])]
+    return None
+
+
+def is_under(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def violations(module: str, imports: list[Import]) -> list[str]:
+    """The import-direction rules `module` breaks, one message each."""
+    problems = []
+    own = layer_of(module)
+    for imp in imports:
+        where = f"{module}:{imp.line} imports {imp.name}" + (" (lazily)" if imp.lazy else "")
+        if is_under(imp.name, "ray") and not is_under(module, "generalist.distributed"):
+            problems.append(f"{where}: only generalist/distributed/ may import ray")
+        if is_under(imp.name, "jobs"):
+            problems.append(f"{where}: generalist/ never imports jobs/")
+        if not is_under(imp.name, "generalist") or imp.name == "generalist":
+            continue
+        if module in ONLY_ERRORS and not is_under(imp.name, "generalist.errors"):
+            problems.append(f"{where}: {module} may import only generalist.errors")
+        if is_under(imp.name, "generalist.distributed") and not (
+                is_under(module, "generalist.distributed") or module in CLI):
+            problems.append(f"{where}: only generalist/distributed/ and the CLI may import generalist.distributed")
+        target = layer_of(imp.name)
+        if own is not None and target is not None and target > own:
+            problems.append(f"{where}: layer {own} must not import layer {target}")
+    return problems
+
+
+def package_modules() -> list[tuple[str, Path]]:
+    return [(module_name(path), path) for path in sorted(PACKAGE.rglob("*.py"))]
+
+
+def test_every_module_of_the_package_has_a_layer():
+    missing = [str(path.relative_to(PACKAGE.parent)) for name, path in package_modules()
+               if name != "generalist" and layer_of(name) is None]
+    assert not missing, f"give these modules a layer in tests/unit/test_imports.py LAYERS: {missing}"
+
+
+def test_the_package_imports_run_one_way():
+    modules = package_modules()
+    assert len(modules) >= 20, f"found only {len(modules)} modules under {PACKAGE}"
+    problems = [p for name, path in modules
+                for p in violations(name, imports_of(path.read_text(), name, path.name == "__init__.py"))]
+    assert not problems, "\n".join(problems)
+
+
+def test_ray_is_imported_where_the_rule_allows_and_nowhere_else():
+    """The rule is not vacuous: Ray really is imported under distributed/, and only there."""
+    importers = {name for name, path in package_modules()
+                 for imp in imports_of(path.read_text(), name, path.name == "__init__.py") if is_under(imp.name, "ray")}
+    assert importers, "no module imports ray: the ray rule checks nothing"
+    assert all(is_under(name, "generalist.distributed") for name in importers), importers
+
+
+@pytest.mark.parametrize("module, source, rule", [
+    ("generalist.learner", "import ray\n", "only generalist/distributed/ may import ray"),
+    ("generalist.learner", "def f():\n    from ray import train\n", "only generalist/distributed/ may import ray"),
+    ("generalist.learner", "import importlib\nimportlib.import_module('ray.util')\n", "may import ray"),
+    ("generalist.training", "from generalist.distributed import train\n", "may import generalist.distributed"),
+    ("generalist.evaluate", "def f():\n    from generalist.distributed.local import train_local\n",
+     "may import generalist.distributed"),
+    ("generalist.cli", "from jobs.submit import main\n", "never imports jobs"),
+    ("generalist.config", "from generalist.data import dataset_info\n", "may import only generalist.errors"),
+    ("generalist.threat", "from generalist import losses\n", "may import only generalist.errors"),
+    ("generalist.data", "from generalist.learner import Learner\n", "layer 2 must not import layer 3"),
+    ("generalist.models.resnet", "from ..checkpoint import load_payload\n", "layer 2 must not import layer 3"),
+    ("generalist.attacks", "from . import mixing\n", "layer 2 must not import layer 3"),
+    ("generalist.losses", "from generalist import cli\n", "layer 2 must not import layer 5"),
+    ("generalist.mixing", "def f():\n    import generalist.distributed.coordinator\n", "layer 3 must not import layer 4"),
+])
+def test_the_checker_catches_a_wrong_import(module, source, rule):
+    problems = violations(module, imports_of(source, module))
+    assert any(rule in p for p in problems), problems
+
+
+@pytest.mark.parametrize("module, source", [
+    ("generalist.distributed.local", "import ray\nfrom generalist.learner import Learner\n"),
+    ("generalist.cli", "def f():\n    from generalist.distributed import train\n"),
+    ("generalist.learner", "from generalist.data import TrainStream\nfrom . import mixing\n"),
+    ("generalist.config", "from generalist.errors import ConfigError\nimport json\n"),
+    ("generalist.models.resnet", "from generalist.models.normalize import Normalize\n"),
+])
+def test_the_checker_accepts_an_allowed_import(module, source):
+    assert violations(module, imports_of(source, module)) == []
