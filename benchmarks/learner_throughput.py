@@ -12,19 +12,21 @@ the device, checks the state is finite and syncs once per `run_steps` call; it i
 (sync_every = 1, the reference algorithm) and of 10 steps.
 
 Method: one thread (torch.set_num_threads(1)), the framework's determinism switch on for every side, one
-warm-up trial per side, then `--trials` trials of `--steps` optimiser steps per side, run interleaved
-(bare, learner x1, learner x10, bare, ...) so that a change in machine load hits every side alike. Reported:
+warm-up trial per side, then `--trials` trials of `--steps` optimiser steps per side, run interleaved with the
+order rotated each trial (bare, x1, x10; x1, x10, bare; ...) so that a change in machine load hits every side
+alike. Reported:
 median and min-max of images/s over trials, both by wall clock and by this thread's CPU time (the latter is
 less sensitive to other processes on a shared machine), and the median of the per-trial ratios to the bare
 loop's trial next to it.
 
 Hardware of the recorded result: see benchmarks/results/learner_throughput.md (2-core CPU, no GPU).
-Run:  GENERALIST_DATA=/path/to/data python benchmarks/learner_throughput.py [--trials 7 --steps 10]
+Run:  GENERALIST_DATA=/path/to/data python benchmarks/learner_throughput.py [--trials 15 --steps 10]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -102,7 +104,7 @@ def learner_run(config, data, steps_per_trial: int, round_steps: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=7)
+    parser.add_argument("--trials", type=int, default=15)
     parser.add_argument("--steps", type=int, default=10, help="optimiser steps per trial")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -120,8 +122,10 @@ def main() -> None:
     }
     wall: dict[str, list[float]] = {name: [] for name in sides}
     cpu: dict[str, list[float]] = {name: [] for name in sides}
+    names = list(sides)
     for trial in range(args.trials + 1):  # trial 0 is the warm-up
-        for name, train in sides.items():
+        for name in names[trial % 3:] + names[:trial % 3]:  # rotate, so no side always runs first
+            train = sides[name]
             w0, c0 = time.perf_counter(), time.thread_time()
             images = train(trial * args.steps)
             w1, c1 = time.perf_counter(), time.thread_time()
@@ -132,7 +136,8 @@ def main() -> None:
     bare = "bare PyTorch loop"
     print(f"# one learner's training throughput: small-cnn, CIFAR-10, batch 128, Linf PGD-{spec.attack.steps}, "
           f"{args.threads} thread(s)")
-    print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+    print(f"# torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end, "
           f"{args.trials} trials x {args.steps} steps after 1 warm-up trial, interleaved\n")
     print("| side | img/s wall, median (min-max) | img/s CPU, median (min-max) | ratio to bare, wall | "
           "ratio to bare, CPU |")

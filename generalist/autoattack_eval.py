@@ -119,7 +119,11 @@ class AutoAttackRunner:
                 "seed": self.seed, "options": dict(self.options)}
 
     def _build(self, model: nn.Module):
-        from pyautoattack import AutoAttack  # optional extra: generalist[eval]
+        try:
+            from pyautoattack import AutoAttack  # optional extra: generalist[eval]
+        except ModuleNotFoundError:
+            raise ConfigError("AutoAttack needs the pyautoattack package: pip install 'generalist[eval]' "
+                              "(or evaluate with --autoattack none)") from None
 
         kwargs = {"attacks": self.attacks} if self.version == "custom" else {}
         aa = AutoAttack(model, norm=self.norm, eps=self.eps, seed=self.seed, version=self.version,

@@ -111,7 +111,11 @@ class LearnerConfig:
                    f"learners.{self.name}: objective 'trades' attacks with `attack` only; remove extra_attacks")
             _check(math.isfinite(self.trades_beta) and self.trades_beta >= 0,
                    f"learners.{self.name}.trades_beta must be >= 0 (TRADES uses 6), got {self.trades_beta}")
-        if self.objective != "ce":
+        if self.objective == "ce":
+            _check(not self.extra_attacks,
+                   f"learners.{self.name}: objective 'ce' trains on `attack` only; extra_attacks need objective "
+                   "avg, max, msd or e-at")
+        else:
             _check(self.attack is not None, f"learners.{self.name}: objective {self.objective!r} needs an attack")
         if self.objective in ("avg", "max", "msd", "e-at"):
             _check(len(self.extra_attacks) >= 1,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import shutil
@@ -151,6 +150,7 @@ def evaluate_source(source, test, spec, *, out: Path, device, fresh: bool = Fals
 
     n = len(test) if spec.n is None else spec.n
     points = TensorData(test.x[:n], test.y[:n])
+    source.model.to(device)
     key = hashlib.sha256(json.dumps(fingerprint(source.model, points, spec), sort_keys=True).encode()).hexdigest()
     state_dir = out / "state" / key[:16]
     if fresh and state_dir.exists():

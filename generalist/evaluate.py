@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from generalist.attacks import pgd
 from generalist.config import AttackConfig, RunConfig
@@ -160,7 +160,11 @@ class EvalSpec:
     """How to evaluate: which threats, which attacks, how many points, which seed and batch size.
 
     A block is `batch_size` consecutive points; all seeds are derived from `seed` and the block's first index,
-    so the numbers depend on (seed, batch_size) and not on how blocks are spread over processes."""
+    so the numbers depend on (seed, batch_size) and not on how blocks are spread over processes. AutoAttack
+    runs its cascade per block: the same as `AutoAttack(...).run_standard_evaluation(x_block, y_block,
+    batch_size=batch_size)` for each block. (One direct call on more points than batch_size re-batches the
+    surviving points of all blocks before each attack, so its random starts, not its expected accuracy,
+    differ.)"""
 
     threats: list[ThreatSpec] = field(default_factory=lambda: list(DEFAULT_THREATS))
     n: int | None = None  # the first n points of the test split; None: all of them
@@ -495,6 +499,8 @@ def _notes_and_seconds(spec: EvalSpec, records: dict[int, dict]) -> tuple[list[s
             for part in records[start][t.norm]["attacks"]:
                 key = part["key"]
                 seconds[t.norm][key] = seconds[t.norm].get(key, 0.0) + part["seconds"]
+                for name, s in part.get("attack_seconds", {}).items():  # AutoAttack's attacks one by one
+                    seconds[t.norm][f"{key}:{name}"] = seconds[t.norm].get(f"{key}:{name}", 0.0) + s
                 notes.extend(f"{t.norm} pyautoattack: {w}" for w in part.get("warnings", []))
     return list(dict.fromkeys(notes)), seconds
 
@@ -522,8 +528,9 @@ def fingerprint(model: nn.Module, points: TensorData, spec: EvalSpec) -> dict:
 def point_table(points: TensorData, spec: EvalSpec, starts: list[int], records: dict[int, dict]) -> dict[str, list]:
     """Columns (one entry per point, in index order) from block records.
 
-    index, label, clean_pred, clean_correct; per threat T and attack A (pgd, aa): T_A_pred, T_A_correct,
-    T_A_norm (perturbation norm); T_aa_broken_by (the AutoAttack attack that reported success, "" if none);
+    index, label, clean_pred, clean_correct; per threat T and attack A (pgd, aa): T_A_pred (the model's
+    prediction at the attack's point), T_A_correct (clean_correct and T_A_pred == label), T_A_norm (the
+    perturbation's norm); T_aa_broken_by (the AutoAttack attack that reported success, "" if none);
     T_robust (no attack under T fools the point: the per-point worst case); T_fooled_by ("clean", the
     first attack whose point is misclassified, or ""); union_robust (robust under every threat)."""
     cols: dict[str, list] = {"index": [], "label": [], "clean_pred": [], "clean_correct": []}
@@ -539,7 +546,9 @@ def point_table(points: TensorData, spec: EvalSpec, starts: list[int], records: 
             fooled_by = ["" if c else "clean" for c in robust]
             for part in rec[t.norm]["attacks"]:
                 key = part["key"]
-                correct = [p == l for p, l in zip(part["pred"], labels)]
+                # Robust to this attack: right on the clean point and on the attack's point (AutoAttack's rule;
+                # a perturbation that happens to fix a clean mistake does not count).
+                correct = [c and p == l for c, p, l in zip(block_cols["clean_correct"], part["pred"], labels)]
                 block_cols[f"{t.norm}_{key}_pred"] = part["pred"]
                 block_cols[f"{t.norm}_{key}_correct"] = correct
                 block_cols[f"{t.norm}_{key}_norm"] = part["norm"]

@@ -205,7 +205,10 @@ def validation_table(runs: list[RunSummary]) -> str:
 
 
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        raise RunFolderError("plots need matplotlib: pip install 'generalist[eval]'") from None
 
     matplotlib.use("Agg")  # files only; never a window
     import matplotlib.pyplot as plt
@@ -256,9 +259,13 @@ def plot_tradeoff(runs: list[RunSummary], path: Path) -> Path:
     recipes = list(dict.fromkeys(run.group for run in runs))
     colors = {r: plt.get_cmap("tab10")(i % 10) for i, r in enumerate(recipes)}
     markers = ["s", "^", "D", "v", "P", "X", "h"]  # learners; "o" is kept for the source legend
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(5.2 * len(panels), 9.0), 4.8), squeeze=False)
+    ncols = len(panels) if len(panels) <= 3 else 2
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(5.4 * ncols, 9.0), 4.4 * nrows + 0.6), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
     learner_index: dict[str, int] = {}
-    for ax, norm in zip(axes[0], panels):
+    for ax, norm in zip(axes.flat, panels):
         labels: dict[tuple[float, float], list[str]] = defaultdict(list)
         for (recipe, model), slot in points[norm].items():
             marker = "*" if model == GLOBAL else markers[learner_index.setdefault(model, len(learner_index)) % 7]
@@ -285,7 +292,8 @@ def plot_tradeoff(runs: list[RunSummary], path: Path) -> Path:
                 plt.Line2D([], [], color="gray", marker="o", mfc="white", ls="", label="hollow: validation PGD (last epoch)")]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False)
     fig.suptitle("clean vs robust accuracy (mean ± std over seeds)", fontsize=11)
-    fig.tight_layout(rect=(0, 0.05 + 0.045 * math.ceil(len(handles) / 4), 1, 0.95))
+    legend_rows = math.ceil(len(handles) / 4)
+    fig.tight_layout(rect=(0, (0.05 + 0.045 * legend_rows) / nrows, 1, 1 - 0.05 / nrows))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -357,13 +365,14 @@ def plot_curves(run: RunSummary, path: Path) -> Path:
     for model in models:
         rows = sorted((r for r in run.epoch_rows if r["model"] == model), key=lambda r: r["epoch"])
         x = [r["epoch"] for r in rows]
-        width = 2.6 if model == GLOBAL else 1.5
+        width = 1.6 if model == GLOBAL else 2.8
+        z = 5 if model == GLOBAL else 3  # the global learner on top: after a redistribution learners equal it
         ax_clean.plot(x, [100 * r["clean_acc"] for r in rows], marker="o", ms=3, lw=width, color=colors[model],
-                      label=model)
+                      label=model, zorder=z)
         for k, norm in enumerate(norms):
             ys = [100 * r[f"pgd_acc_{norm}"] if r.get(f"pgd_acc_{norm}") is not None else math.nan for r in rows]
             ax_robust.plot(x, ys, ls=styles[k % 4], marker="o", ms=3, lw=width, color=colors[model],
-                           label=f"{model} {norm}")
+                           label=f"{model} {norm}", zorder=z)
     ax_clean.set_ylabel("validation clean accuracy (%)")
     ax_robust.set_ylabel("validation PGD accuracy (%)")
 
@@ -412,9 +421,9 @@ def write_report(run_paths: list[Path], out: Path) -> list[Path]:
              "Runs (a group is a recipe; runs whose configs differ only in the seed are its seeds):", "",
              *[f"- `{r.path}`: {r.group}, seed {r.seed}" + _variant_note(r, runs) for r in runs], "",
              "## Test set (eval.json)", "",
-             "Accuracy in %, mean ± std over seeds (sample std; one seed shows the mean only). Each threat "
-             "column is AutoAttack accuracy (PGD where AutoAttack was not run); union counts a point only if no "
-             "attack under any threat fools it.", "", eval_table(runs), "",
+             ("Accuracy in %, mean ± std over seeds (sample std; one seed shows the mean only). Each threat "
+              "column is AutoAttack accuracy (PGD where AutoAttack was not run); union counts a point only if no "
+              "attack under any threat fools it."), "", eval_table(runs), "",
              "## Validation at the last epoch", "",
              "PGD on held-out training points (metrics/epochs.parquet), never the test set.", "",
              validation_table(runs), "", "## Plots", "", "![trade-off](tradeoff.png)", ""]

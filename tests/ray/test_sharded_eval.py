@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from generalist.data import load_split
+from generalist.distributed.sharded_eval import evaluate_sharded, shard_blocks
 from generalist.errors import CheckpointError
 from generalist.evaluate import EvalSpec, ThreatSpec, build_eval_model, evaluate_points, load_model
-from generalist.distributed.sharded_eval import evaluate_sharded, shard_blocks
 
 QUICK_AA = {"apgd.n_iter": 10, "apgd_targeted.n_iter": 10, "apgd_targeted.n_target_classes": 3,
             "fab.n_iter": 10, "fab.n_target_classes": 3, "square.n_queries": 50}

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
-from conftest import tiny_config
 
 from generalist.attacks import pgd
 from generalist.cli import main
@@ -32,8 +34,8 @@ QUICK_AA = {"apgd.n_iter": 10, "apgd_targeted.n_iter": 10, "apgd_targeted.n_targ
 
 
 def quick_spec(**changes) -> EvalSpec:
-    fields = dict(threats=[ThreatSpec.parse("Linf"), ThreatSpec.parse("L2")], n=N, batch_size=16, seed=0,
-                  pgd_steps=5, autoattack="standard", aa_options=QUICK_AA)
+    fields = {"threats": [ThreatSpec.parse("Linf"), ThreatSpec.parse("L2")], "n": N, "batch_size": 16, "seed": 0,
+              "pgd_steps": 5, "autoattack": "standard", "aa_options": QUICK_AA}
     fields.update(changes)
     return EvalSpec(**fields)
 
@@ -47,16 +49,22 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, data_root):
-    from generalist.distributed import train
-
-    folder = tmp_path_factory.mktemp("eval") / "run"
-    train(tiny_config("generalist-d-small", data_root=data_root), folder, quiet=True)
-    return folder
+_TRAINED: dict[str, object] = {}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
+def run_dir(tiny, tmp_path_factory):
+    """One tiny run for the whole module (cached here: `tiny` is a function-scoped fixture)."""
+    if "run" not in _TRAINED:
+        from generalist.distributed import train
+
+        folder = tmp_path_factory.mktemp("eval") / "run"
+        train(tiny("generalist-d-small"), folder, quiet=True)
+        _TRAINED["run"] = folder
+    return _TRAINED["run"]
+
+
+@pytest.fixture
 def model(run_dir):
     return load_model(run_dir).model
 
@@ -152,6 +160,26 @@ def test_robust_accuracy_is_recomputed_from_the_returned_points_not_taken_from_t
     assert summary["threats"]["Linf"]["autoattack_acc"] == summary["clean_acc"]
 
 
+class HelpfulPGD(PGDAttack):
+    """PGD that descends the loss: it moves points towards their true class, so it fixes clean mistakes."""
+
+    def run_block(self, model, x, y, clean_correct, start):
+        x_adv = pgd(model, x, y, self.threat, steps=self.steps, step_size=self.step_size, random_start=False,
+                    loss_fn=lambda logits, labels: -torch.nn.functional.cross_entropy(logits, labels, reduction="none"))
+        return x_adv, {}
+
+
+def test_a_point_wrong_on_clean_input_never_counts_as_robust(model, test_split):
+    spec = quick_spec(threats=[ThreatSpec.parse("Linf")], autoattack="none")
+    helper = HelpfulPGD(get_threat("Linf", 8 / 255), steps=10, restarts=1, step_size=2 / 255, seed=0)
+    table = evaluate_points(model, test_split, spec, attacks={"Linf": [helper]}).table
+    fixed = [i for i in range(N) if not table["clean_correct"][i] and table["Linf_pgd_pred"][i] == table["label"][i]]
+    assert fixed, "the helpful attack should fix some clean mistakes"
+    assert not any(table["Linf_pgd_correct"][i] or table["Linf_robust"][i] or table["union_robust"][i] for i in fixed)
+    summary = summarize(table, spec, warn=False)
+    assert summary["threats"]["Linf"]["counts"]["pgd_acc"] <= summary["counts"]["clean"]
+
+
 def test_every_returned_point_lies_in_its_eps_ball_and_in_the_box(model, test_split, points):
     result = evaluate_points(model, test_split, quick_spec(threats=[ThreatSpec.parse(t) for t in ("Linf", "L2", "L1")]))
     for norm, eps in (("Linf", 8 / 255), ("L2", 0.5), ("L1", 12.0)):
@@ -175,7 +203,7 @@ def test_an_attack_that_leaves_the_eps_ball_is_refused(model, test_split):
 
 
 def test_an_attack_that_leaves_the_image_box_is_refused(points):
-    x, y = points
+    x, _ = points
     unclipped = x + 8 / 255  # an FGSM-like step without the clamp to [0, 1]
     with pytest.raises(AttackCheckError, match=r"outside \[0, 1\]"):
         check_adversarial(x, unclipped, get_threat("Linf", 8 / 255), "fgsm-without-clip")
@@ -255,6 +283,31 @@ def test_an_interrupted_evaluation_resumes_to_the_same_numbers(model, test_split
     assert all(message.startswith("block 16-") for message in ran), "the finished block was not run again"
     with pytest.raises(CheckpointError, match="another model, points or settings"):
         evaluate_points(model, test_split, quick_spec(seed=5), state_dir=tmp_path)
+
+
+def test_a_killed_generalist_eval_resumes_where_it_stopped(run_dir, data_root, test_split, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["eval", str(run_dir), "--n", "64", "--batch-size", "8", "--threat", "Linf", "--pgd-steps", "3",
+            "--threads", "1", "--out", str(out), "--data-root", str(data_root),
+            *[f"--aa-option={k}={v}" for k, v in QUICK_AA.items()]]
+    process = subprocess.Popen([sys.executable, "-m", "generalist.cli", *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while len(list(out.glob("state/*/blocks/*-Linf.json"))) < 2:
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, "no block finished in time"
+        time.sleep(0.02)
+    process.kill()  # SIGKILL: no cleanup, no chance to write anything more
+    process.wait()
+    finished = len(list(out.glob("state/*/blocks/*-Linf.json")))
+    assert not (out / "eval.json").exists() and finished < 8
+    assert main(args) == 0
+    redone = [line for line in capsys.readouterr().out.splitlines() if line.startswith("block ")]
+    assert len(redone) == 8 - finished, "finished blocks are not run again"
+    spec = EvalSpec(threats=[ThreatSpec.parse("Linf")], n=64, batch_size=8, pgd_steps=3, aa_options=QUICK_AA)
+    reference = evaluate_points(load_model(run_dir).model, test_split, spec).table
+    table = read_points_parquet(out / "points.parquet")
+    assert {k: v for k, v in table.items() if k != "model"} == reference
 
 
 # --- the command --------------------------------------------------------------------------------------

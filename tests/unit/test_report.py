@@ -12,7 +12,6 @@ import statistics
 
 import pytest
 import torch
-from conftest import tiny_config
 
 from generalist.cli import main
 from generalist.mixing import is_communication_epoch
@@ -22,8 +21,18 @@ QUICK = ["--aa-option=apgd.n_iter=5", "--aa-option=apgd_targeted.n_iter=5", "--a
          "--aa-option=fab.n_iter=5", "--aa-option=fab.n_target_classes=2", "--aa-option=square.n_queries=20"]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, data_root):
+_RUNS: list = []
+
+
+@pytest.fixture
+def runs(tiny, tmp_path_factory, data_root):
+    """Two tiny runs for the whole module (cached here: `tiny` is a function-scoped fixture)."""
+    if not _RUNS:
+        _RUNS.extend(_train_and_evaluate(tiny, tmp_path_factory, data_root))
+    return _RUNS
+
+
+def _train_and_evaluate(tiny_config, tmp_path_factory, data_root):
     from generalist.distributed import train
 
     before = torch.get_num_threads()
@@ -100,9 +109,9 @@ def test_the_plots_are_written_as_real_images(runs, tmp_path):
     assert "![trade-off](tradeoff.png)" in (out / "report.md").read_text()
 
 
-def test_redistributions_are_marked_where_the_rounds_table_says_they_happened(runs):
+def test_redistributions_are_marked_where_the_rounds_table_says_they_happened(runs, tiny):
     run = load_run(runs[0])
-    config = tiny_config("generalist-d-small")
+    config = tiny("generalist-d-small")
     redistributed, communication, spe = schedule_marks(run)
     assert communication == [e for e in range(1, config.schedule.epochs + 1) if is_communication_epoch(e, config)]
     assert redistributed == communication and redistributed  # sync_every=1: every communication epoch redistributes
