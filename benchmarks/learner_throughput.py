@@ -110,7 +110,8 @@ def main() -> None:
     args = parser.parse_args()
 
     config = apply_overrides(get_recipe("pgd-at-small"), [
-        "data.batch_size=128", "data.train_subset=7680", "learners.linf.attack.steps=10", "learners.linf.attack.step_size=2/255",
+        "data.batch_size=128", "data.train_subset=7680", "learners.linf.attack.steps=10",
+        "learners.linf.attack.step_size=2/255",
         "runtime.backend=local", f"runtime.threads_per_learner={args.threads}"])
     set_determinism(config.runtime.deterministic, args.threads)
     data = prepare_run_data(config)

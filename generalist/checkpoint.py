@@ -2,8 +2,11 @@
 
 A checkpoint is a folder. Each payload `NAME.pt` (a dict of tensors, numbers and strings saved with
 `torch.save`) has a sidecar `NAME.json` holding its sha256 and the run position, and the folder has a
-`state.json` written last. Folders are written under a temporary name and renamed into place, so a crash
-never leaves a half-written `last`; the previous `last` is kept until the new one is complete.
+`state.json` written last: a folder without it is not a checkpoint. On a local path folders are written
+under a temporary name and renamed into place, so a crash never leaves a half-written `last`; the previous
+`last` is kept until the new one is complete. Where there is no rename (a URI: object stores, see
+`generalist.storage`), the new checkpoint is written complete beside the old one as `.NAME.new` and then
+copied over it, `state.json` last both times, so one complete copy exists at every moment.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 import torch
 
 from generalist.errors import CheckpointError
+from generalist.storage import Location, locate
 
 FORMAT_VERSION = 1
 
@@ -35,13 +39,17 @@ def _fsync_write(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to `path` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    _fsync_write(Path(tmp), (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
-    os.replace(tmp, path)
+def _write_file(location: Location, data: bytes) -> None:
+    """A file inside a folder that is not yet valid (no state.json), so it need not be atomic on its own."""
+    if location.native:
+        _fsync_write(Path(location.path), data)
+    else:
+        location.write_bytes(data)
+
+
+def write_json_atomic(path: str | Path | Location, payload: Any) -> None:
+    """Write JSON to `path`: through a temporary file and a rename on a local path, as one object on a URI."""
+    locate(path).write_bytes((json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
 
 
 def tensor_bytes(payload: dict) -> bytes:
@@ -60,28 +68,64 @@ def _to_cpu(obj: Any) -> Any:
     return obj
 
 
-def write_payloads(folder: Path, payloads: dict[str, dict], meta: dict) -> None:
+def write_payloads(folder: str | Path | Location, payloads: dict[str, dict], meta: dict) -> None:
     """Write each payload as `NAME.pt` + `NAME.json` (sha256, meta) into an existing folder."""
+    folder = locate(folder)
     for name, payload in payloads.items():
         data = tensor_bytes(payload)
-        _fsync_write(folder / f"{name}.pt", data)
-        _fsync_write(folder / f"{name}.json",
-                     json.dumps({"sha256": _sha256(data), "bytes": len(data), **meta}, sort_keys=True).encode())
+        _write_file(folder / f"{name}.pt", data)
+        _write_file(folder / f"{name}.json",
+                    json.dumps({"sha256": _sha256(data), "bytes": len(data), **meta}, sort_keys=True).encode())
 
 
-def write_checkpoint(folder: Path, payloads: dict[str, dict], state: dict) -> None:
-    """Atomically replace `folder` with a checkpoint of `payloads` and `state.json`."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+def _state_bytes(state: dict) -> bytes:
+    return json.dumps({"format": FORMAT_VERSION, **state}, indent=2, sort_keys=True).encode()
+
+
+def _staged(folder: Location) -> Location:
+    """Where a checkpoint is written complete before it is copied over `folder` (filesystems without rename)."""
+    return folder.parent / f".{folder.name}.new"
+
+
+def write_checkpoint(folder: str | Path | Location, payloads: dict[str, dict], state: dict) -> None:
+    """Replace `folder` with a checkpoint of `payloads` and `state.json`; a crash at any point leaves a
+    complete checkpoint (the old or the new one) for `find_checkpoint`."""
+    folder = locate(folder)
+    if not folder.native:
+        _write_checkpoint_without_rename(folder, payloads, state)
+        return
+    target = Path(folder.path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:
         write_payloads(tmp, payloads, {"position": state.get("position")})
-        _fsync_write(tmp / "state.json",
-                     json.dumps({"format": FORMAT_VERSION, **state}, indent=2, sort_keys=True).encode())
-        replace_folder(tmp, folder)
+        _fsync_write(tmp / "state.json", _state_bytes(state))
+        replace_folder(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _staged(folder).delete()  # left by an interrupted write through a URI to this same folder, now older
+
+
+def _write_checkpoint_without_rename(folder: Location, payloads: dict[str, dict], state: dict) -> None:
+    staged = _staged(folder)
+    if (staged / "state.json").is_file() and _step_or_minus_one(staged) > _step_or_minus_one(folder):
+        _copy_checkpoint(staged, folder)  # a crash cut the last copy short: finish it before `staged` is reused
+    staged.delete()
+    write_payloads(staged, payloads, {"position": state.get("position")})
+    (staged / "state.json").write_bytes(_state_bytes(state))
+    _copy_checkpoint(staged, folder)
+    staged.delete()
+
+
+def _copy_checkpoint(source: Location, target: Location) -> None:
+    """Make `target` a copy of the complete checkpoint `source`: invalid (no state.json) until the copy is whole."""
+    (target / "state.json").delete()
+    target.delete()
+    for file in source.children():
+        if file.name != "state.json":
+            file.copy_to(target / file.name)
+    (source / "state.json").copy_to(target / "state.json")
 
 
 def replace_folder(new: Path, target: Path) -> None:
@@ -95,17 +139,45 @@ def replace_folder(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def find_checkpoint(folder: Path) -> Path | None:
-    """`folder`, or the previous copy a crash mid-swap left behind, or None."""
-    folder = Path(folder)
-    for candidate in (folder, folder.parent / f".{folder.name}.old"):
-        if (candidate / "state.json").is_file():
-            return candidate
-    return None
+def find_checkpoint(folder: str | Path | Location) -> Path | Location | None:
+    """`folder`, or the other complete copy a crash mid-swap left behind (`.NAME.old` on a local path,
+    `.NAME.new` through a URI), or None. A Path comes back for a path, a Location for a Location."""
+    where = locate(folder)
+    complete = [c for c in (where, where.parent / f".{where.name}.old", _staged(where))
+                if (c / "state.json").is_file()]
+    if len(complete) > 1:  # only after a crash mid-swap: the newest wins, `folder` on a tie
+        complete.sort(key=lambda c: -_step_or_minus_one(c))
+    if not complete:
+        return None
+    return Path(str(complete[0])) if where.native and not isinstance(folder, Location) else complete[0]
 
 
-def read_state(folder: Path) -> dict:
-    path = Path(folder) / "state.json"
+def _step_or_minus_one(folder: Location) -> int:
+    try:
+        return read_state(folder)["global_step"]
+    except CheckpointError:
+        return -1
+
+
+def is_complete(folder: str | Path | Location, names: list[str]) -> bool:
+    """True if `folder` has a readable state.json and every `NAME.pt` of `names` at the size its sidecar says.
+
+    For checkpoints whose files are written by several processes in no set order (Ray Train uploads each
+    worker's files on its own), where `state.json` being there is not enough."""
+    folder = locate(folder)
+    try:
+        read_state(folder)
+        for name in names:
+            meta = json.loads((folder / f"{name}.json").read_text())
+            if (folder / f"{name}.pt").size() != meta.get("bytes"):
+                return False
+    except (CheckpointError, FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def read_state(folder: str | Path | Location) -> dict:
+    path = locate(folder) / "state.json"
     try:
         state = json.loads(path.read_text())
     except FileNotFoundError:
@@ -117,9 +189,9 @@ def read_state(folder: Path) -> dict:
     return state
 
 
-def load_payload(folder: Path, name: str, map_location: str | torch.device = "cpu") -> dict:
+def load_payload(folder: str | Path | Location, name: str, map_location: str | torch.device = "cpu") -> dict:
     """Load `NAME.pt` after checking it against its sidecar sha256 (catches truncation and bit flips)."""
-    folder = Path(folder)
+    folder = locate(folder)
     path, sidecar = folder / f"{name}.pt", folder / f"{name}.json"
     try:
         meta = json.loads(sidecar.read_text())
@@ -138,10 +210,13 @@ def load_payload(folder: Path, name: str, map_location: str | torch.device = "cp
         raise CheckpointError(f"{path} cannot be loaded as tensors ({type(error).__name__}: {error})") from None
 
 
-def load_state_dict_file(path: Path, map_location: str | torch.device = "cpu") -> dict:
+def load_state_dict_file(path: str | Path | Location, map_location: str | torch.device = "cpu") -> dict:
     """Load a bare `.pt` of tensors (an exported model) with weights_only=True and a clear error."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        if isinstance(path, Location) and not path.native:
+            return torch.load(io.BytesIO(path.read_bytes()), map_location=map_location, weights_only=True)
+        return torch.load(path.path if isinstance(path, Location) else path, map_location=map_location,
+                          weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path} does not exist") from None
     except Exception as error:  # noqa: BLE001

@@ -46,7 +46,7 @@ def _add_optional_commands(sub) -> None:
                 raise
 
 
-def resolve_config(recipe: str | None, overrides: list[str], run_dir: Path | None = None,
+def resolve_config(recipe: str | None, overrides: list[str], run_dir: str | Path | None = None,
                    resume: bool = False) -> RunConfig:
     from generalist.recipes import get_recipe
     from generalist.run_folder import RunFolder
@@ -70,7 +70,7 @@ def _train(args) -> int:
         overrides.append(f"data.root={json.dumps(str(Path(args.data_root).resolve()))}")
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
-    config = resolve_config(args.recipe, overrides, Path(args.run_dir), args.resume)
+    config = resolve_config(args.recipe, overrides, args.run_dir, args.resume)  # a path or a URI
     train(config, args.run_dir, resume=args.resume, address=args.address or os.environ.get("RAY_ADDRESS"),
           quiet=args.quiet)
     return 0

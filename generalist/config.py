@@ -39,7 +39,12 @@ class DataConfig:
     train_subset: int | None = None  # first n training examples after the validation split
     val_size: int = 1000  # held out of the training set for model selection, never the test set
     batch_size: int = 128
-    augment: bool = True  # RandomCrop(pad 4) + horizontal flip, seeded per (epoch, step)
+    augment: bool | None = None  # RandomCrop(pad 4) + flip per (epoch, step); None: on for CIFAR-10 only
+
+    @property
+    def use_augmentation(self) -> bool:
+        """Crop + horizontal flip suit CIFAR-10; a flipped digit is another digit, so MNIST-like sets default off."""
+        return self.augment if self.augment is not None else self.dataset == "cifar10"
 
     def __post_init__(self) -> None:
         _choice("data.dataset", self.dataset, DATASET_NAMES)
@@ -289,6 +294,10 @@ def _build(cls: type, data: Any, where: str) -> Any:
         return cls(**kwargs)
     except TypeError as error:  # a required field is missing
         raise ConfigError(f"{where or 'config'}: {error}") from None
+    except ConfigError as error:  # say where a nested section's check failed, e.g. learners.0.attack
+        if where and not str(error).startswith(where.split(".")[0]):
+            raise ConfigError(f"{where}: {error}") from None
+        raise
 
 
 def _join(where: str, key: str) -> str:

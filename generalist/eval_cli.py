@@ -60,6 +60,8 @@ def register(subparsers) -> None:
                     "and training curves as PNG.")
     rp.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
     rp.add_argument("--out", default="report", help="output folder (default: ./report)")
+    rp.add_argument("--eval-folder", default="*",
+                    help="which RUN/eval/NAME folders to read (a glob; default all, the last by name winning)")
     rp.set_defaults(handler=run_report)
 
 
@@ -180,7 +182,7 @@ def evaluate_source(source, test, spec, *, out: Path, device, fresh: bool = Fals
 def run_report(args) -> int:
     from generalist.report import write_report
 
-    written = write_report([Path(r) for r in args.runs], Path(args.out))
+    written = write_report([Path(r) for r in args.runs], Path(args.out), args.eval_folder)
     for path in written:
         print(f"wrote {path}")
     return 0

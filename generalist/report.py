@@ -56,8 +56,11 @@ def _read_parquet(path: Path) -> list[dict]:
     return [dict(zip(names, values)) for values in zip(*table.values())]
 
 
-def load_run(path: str | Path) -> RunSummary:
-    """A run folder's config, evaluations and metrics; RunFolderError if it is not a run folder."""
+def load_run(path: str | Path, eval_folder: str = "*") -> RunSummary:
+    """A run folder's config, evaluations and metrics; RunFolderError if it is not a run folder.
+
+    `eval_folder` picks which RUN/eval/NAME/ folders count (a glob; several evaluation settings of one
+    model would otherwise replace each other, the last by name winning)."""
     path = Path(path)
     try:
         config = json.loads((path / "config.json").read_text())
@@ -66,7 +69,7 @@ def load_run(path: str | Path) -> RunSummary:
     except json.JSONDecodeError as error:
         raise RunFolderError(f"{path / 'config.json'} is corrupt: {error}") from None
     evals = {}
-    for file in sorted((path / "eval").glob("*/eval.json")):
+    for file in sorted((path / "eval").glob(f"{eval_folder}/eval.json")):
         try:
             record = json.loads(file.read_text())
         except json.JSONDecodeError as error:
@@ -404,9 +407,9 @@ def _variant_note(run: RunSummary, runs: list[RunSummary]) -> str:
 # --- the whole report ------------------------------------------------------------------------------------
 
 
-def write_report(run_paths: list[Path], out: Path) -> list[Path]:
+def write_report(run_paths: list[Path], out: Path, eval_folder: str = "*") -> list[Path]:
     """report.md, tradeoff.png and curves-RUN.png (one per run with metrics) in `out`; returns the files."""
-    runs = [load_run(p) for p in run_paths]
+    runs = [load_run(p, eval_folder) for p in run_paths]
     assign_groups(runs)
     names = [r.name for r in runs]
     if len(set(names)) != len(names):  # curves-NAME.png must not overwrite each other

@@ -7,6 +7,8 @@ Layout:
     RUN/checkpoints/best/    global.pt of the best validation epoch (never selected on the test set)
     RUN/metrics/             rounds.{jsonl,parquet}, epochs.{jsonl,parquet}
     RUN/final/global.pt      the shipped global model (a bare state_dict) and summary.json
+
+RUN is a local path or a URI pyarrow understands (s3://, gs://, file://...): see `generalist.storage`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from generalist.errors import CheckpointError, RunFolderError
 from generalist.learner import RoundStats
 from generalist.metrics import MetricsLog, Progress
 from generalist.repro import run_metadata
+from generalist.storage import Location, locate
 from generalist.training import GLOBAL, EpochResult, epoch_rows, round_rows
 
 
@@ -41,8 +44,8 @@ def fingerprint_diff(saved: dict, current: dict, where: str = "") -> str | None:
 
 
 class RunFolder:
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, path: str | Path | Location):
+        self.path = locate(path)
         self.last = self.path / "checkpoints" / "last"
         self.best = self.path / "checkpoints" / "best"
 
@@ -58,7 +61,7 @@ class RunFolder:
                 raise RunFolderError(
                     f"{self.path} already holds a run; pass --resume to continue it, or choose a new --run-dir "
                     "(nothing in it was changed)")
-            self.path.mkdir(parents=True, exist_ok=True)
+            self.path.make_dir()
             ckpt.write_json_atomic(self.path / "config.json", config.to_dict())
             ckpt.write_json_atomic(self.path / "metadata.json", run_metadata())
             return None
@@ -82,7 +85,7 @@ class RunFolder:
         if diff:
             raise CheckpointError(f"the checkpoint in {found} was made by a different config: {diff}; "
                                   "resume with the run's own config.json, or start a new run folder")
-        state["folder"] = str(found)
+        state["folder"] = found if not found.native else str(found)
         ckpt.write_json_atomic(self.path / f"metadata-resume-{int(time.time())}.json", run_metadata())
         return state
 
@@ -96,11 +99,7 @@ class RunFolder:
 
     def write_final(self, global_state: dict, summary: dict) -> None:
         final = self.path / "final"
-        final.mkdir(parents=True, exist_ok=True)
-        data = ckpt.tensor_bytes(global_state)
-        tmp = final / ".global.pt.tmp"
-        tmp.write_bytes(data)
-        tmp.replace(final / "global.pt")
+        (final / "global.pt").write_bytes(ckpt.tensor_bytes(global_state))
         ckpt.write_json_atomic(final / "summary.json", summary)
 
 
@@ -198,13 +197,14 @@ class FolderSink:
         state = {"global_step": global_step, "position": global_step, "epoch_end": end_of_epoch,
                  "fingerprint": self.config.fingerprint(), "best_score": self.best.best_score,
                  "learners": self.config.learner_names}
+        self.metrics.persist()  # through a URI, the rows up to this checkpoint must be stored before it is
         ckpt.write_checkpoint(self.folder.last, payloads, state)
 
 
 def load_resume_payloads(state: dict, config: RunConfig, names: list[str],
                          map_location: str | torch.device = "cpu") -> dict[str, dict]:
     """Load and check the named payloads (learner-NAME, global) of the checkpoint `state` points to."""
-    folder = Path(state["folder"])
+    folder = locate(state["folder"])
     if state.get("learners") != config.learner_names:
         raise CheckpointError(f"{folder} holds learners {state.get('learners')}, the config has "
                               f"{config.learner_names}")

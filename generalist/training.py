@@ -44,7 +44,7 @@ def prepare_run_data(config: RunConfig) -> RunData:
     if config.data.train_subset is not None:
         train = TensorData(train.x[: config.data.train_subset], train.y[: config.data.train_subset])
     stream = TrainStream(train, batch_size=config.data.batch_size, seed=derive_seed(config.seed, 4),
-                         augment=config.data.augment)
+                         augment=config.data.use_augmentation)
     model_kwargs = {"num_classes": info.num_classes, "in_channels": info.shape[0], "mean": info.mean, "std": info.std}
     return RunData(train, val, stream, model_kwargs, build_initial_state(config, **model_kwargs))
 

@@ -75,14 +75,19 @@ def train_one(name: str, recipe: str, seed: int, overrides: list[str], runs: Pat
     return run_dir
 
 
+def eval_tag(autoattack: str) -> str:
+    return "aa-" + autoattack.replace(",", "+")
+
+
 def eval_one(run_dir: Path, n: int, threats: list[str], autoattack: str) -> Path:
-    out = run_dir / "eval" / "global"
+    """Evaluate the global learner on the first n test points; each AutoAttack setting has its own folder."""
+    out = run_dir / "eval" / eval_tag(autoattack)
     if (out / "eval.json").exists():
         return out
     command = [generalist(), "eval", str(run_dir), "--n", str(n), "--autoattack", autoattack, "--threads", "1",
-               "--quiet", *[a for t in threats for a in ("--threat", t)]]
+               "--quiet", "--out", str(out), *[a for t in threats for a in ("--threat", t)]]
     start = time.perf_counter()
-    run(command, run_dir.parent / "logs" / f"{run_dir.name}.eval.log")
+    run(command, run_dir.parent / "logs" / f"{run_dir.name}.{eval_tag(autoattack)}.log")
     log(f"evaluated {run_dir.name} in {time.perf_counter() - start:.0f} s")
     return out
 
@@ -91,9 +96,11 @@ def publish(run_dir: Path, results: Path) -> None:
     """Copy the small, reviewable files of a run into the committed results folder."""
     target = results / "runs" / run_dir.name
     target.mkdir(parents=True, exist_ok=True)
-    for source in (run_dir / "config.json", run_dir / "final" / "summary.json", run_dir / "eval" / "global" / "eval.json"):
+    for source in (run_dir / "config.json", run_dir / "final" / "summary.json"):
         if source.exists():
             shutil.copyfile(source, target / source.name)
+    for evaluation in sorted((run_dir / "eval").glob("*/eval.json")):
+        shutil.copyfile(evaluation, target / f"eval-{evaluation.parent.name}.json")
 
 
 def main() -> None:
@@ -133,10 +140,12 @@ def main() -> None:
             except Exception as error:  # noqa: BLE001 - one failed run must not stop the others
                 failures.append(f"{job[0]}-seed{job[2]}: {error}")
                 log(f"FAILED {failures[-1]}")
-    finished = [runs / f"{n}-seed{s}" for n, _, s, _ in jobs if (runs / f"{n}-seed{s}" / "eval" / "global" / "eval.json").exists()]
+    tag = eval_tag(args.autoattack)
+    finished = [runs / f"{n}-seed{s}" for n, _, s, _ in jobs if (runs / f"{n}-seed{s}" / "eval" / tag / "eval.json").exists()]
     if finished:
-        out = results / ("ablations" if args.ablations else "main")
-        subprocess.run([generalist(), "report", *map(str, finished), "--out", str(out)], check=False)
+        out = results / f"{'ablations' if args.ablations else 'main'}-{tag}"
+        subprocess.run([generalist(), "report", *map(str, finished), "--out", str(out), "--eval-folder", tag],
+                       check=False)
         log(f"table of {len(finished)} evaluated runs: {out}")
     if failures:
         sys.exit(f"{len(failures)} runs failed:\n" + "\n".join(failures))

@@ -30,6 +30,7 @@ from generalist.learner import RoundStats
 from generalist.mixing import StateDict
 from generalist.repro import set_determinism
 from generalist.run_folder import BestTracker, FolderSink, RunFolder, load_resume_payloads
+from generalist.storage import Location
 from generalist.training import GLOBAL, EpochResult, epoch_rows, prepare_run_data, round_rows, train_learners
 
 # Keep a local Ray on the loopback interface (see INSTALL notes in the README).
@@ -67,11 +68,11 @@ class RaySync:
 class WorkerSink:
     """A learner actor's metrics go to the coordinator (the driver writes them); checkpoints to Ray Train."""
 
-    def __init__(self, config: GeneralistConfig, rank: int, coordinator, run_dir: str | None, best_score):
+    def __init__(self, config: GeneralistConfig, rank: int, coordinator, run_dir: Location | None, best_score):
         self.config = config
         self.rank = rank
         self.coordinator = coordinator
-        # Rank 0 keeps checkpoints/best in the run folder when that is a path this node can write.
+        # Rank 0 keeps checkpoints/best in the run folder (a path on this node, or shared storage).
         self.best = BestTracker(config, RunFolder(run_dir), best_score) if rank == 0 and run_dir else None
 
     def on_round(self, epoch, global_step, stats: list[RoundStats], weights, redistributed, sync_seconds) -> None:
@@ -110,7 +111,9 @@ def learner_worker(spec: dict) -> None:
     start_step, global_payload, best_score = 0, None, None
     checkpoint = ray_train.get_checkpoint()
     if checkpoint is None and spec["resume_folder"]:
-        checkpoint = Checkpoint.from_directory(spec["resume_folder"])
+        resume = spec["resume_folder"]  # a path string, or a Location on the run's pyarrow filesystem
+        checkpoint = Checkpoint.from_directory(resume) if isinstance(resume, str) else \
+            Checkpoint(resume.path, filesystem=resume.fs)
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = ckpt.read_state(folder) if rank == 0 else {"global_step": None}
@@ -123,7 +126,7 @@ def learner_worker(spec: dict) -> None:
                 global_payload, best_score = payloads[GLOBAL], state.get("best_score")
     ray.get(coordinator.join.remote(rank, os.getpid(), ray.get_gpu_ids(), start_step, global_payload),
             timeout=config.runtime.sync_timeout_s)
-    sink = WorkerSink(config, rank, coordinator, spec["local_run_dir"], best_score)
+    sink = WorkerSink(config, rank, coordinator, spec["run_location"], best_score)
     sync = RaySync(coordinator, rank, config.runtime.sync_timeout_s)
     train_learners(config, data, [learner], sync, sink, start_step=start_step, owns_global=rank == 0,
                    global_state_for_eval=sync.global_state, device=device)
@@ -166,19 +169,33 @@ def _connect(address: str | None, config: GeneralistConfig) -> bool:
     return True
 
 
-def _latest_ray_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint in any earlier Ray session folder of this run."""
+def _latest_ray_checkpoint(run_dir: Location) -> Location | None:
+    """The newest complete checkpoint in any earlier Ray session folder of this run.
+
+    Complete means every learner's file and the global one are whole, not just state.json there: Ray Train
+    stores each worker's files on its own, so a driver killed mid-upload can leave a step with some missing."""
     best = None
-    for folder in run_dir.glob("ray-session-*/step-*"):
-        if (folder / "state.json").is_file():
-            step = ckpt.read_state(folder)["global_step"]
-            if best is None or step > best[0]:
-                best = (step, folder)
+    for session in _sessions(run_dir):
+        for folder in session.children():
+            if not folder.name.startswith("step-") or not (folder / "state.json").is_file():
+                continue
+            state = ckpt.read_state(folder)
+            names = [f"learner-{name}" for name in state.get("learners", [])] + [GLOBAL]
+            if (best is None or state["global_step"] > best[0]) and ckpt.is_complete(folder, names):
+                best = (state["global_step"], folder)
     return None if best is None else best[1]
 
 
-def train_ray(config: GeneralistConfig, run_dir: str | Path, *, resume: bool = False, max_rounds: int | None = None,
-              address: str | None = None, quiet: bool = False) -> dict:
+def _storage_path(run_dir: Location) -> str:
+    return str(Path(run_dir.path).resolve()) if run_dir.native else run_dir.path
+
+
+def _sessions(run_dir: Location) -> list[Location]:
+    return [child for child in run_dir.children() if child.name.startswith("ray-session-")]
+
+
+def train_ray(config: GeneralistConfig, run_dir: str | Path | Location, *, resume: bool = False,
+              max_rounds: int | None = None, address: str | None = None, quiet: bool = False) -> dict:
     if max_rounds is not None:
         raise ConfigError("max_rounds is a debugging stop of the local backend; stop a Ray run by killing it")
     folder = RunFolder(run_dir)
@@ -195,11 +212,10 @@ def train_ray(config: GeneralistConfig, run_dir: str | Path, *, resume: bool = F
 def _fit(config: GeneralistConfig, folder: RunFolder, state: dict | None, quiet: bool) -> dict:
     data_kwargs = prepare_run_data(config)  # fail here, in the driver, on a missing or corrupt dataset
     namespace = ray.get_runtime_context().namespace
-    session = len(list(folder.path.glob("ray-session-*"))) + 1
+    session = len(_sessions(folder.path)) + 1
     name = f"generalist-coordinator-{os.getpid()}-{session}-{time.time_ns()}"
     coordinator = Coordinator.options(name=name, namespace=namespace).remote(config, data_kwargs.initial_state)
-    spec = {"config": config.to_dict(), "coordinator": name, "namespace": namespace,
-            "local_run_dir": str(folder.path.resolve()),
+    spec = {"config": config.to_dict(), "coordinator": name, "namespace": namespace, "run_location": folder.path,
             # An earlier session's (or the local backend's) checkpoint; restarts inside this session use
             # the checkpoints Ray Train has seen reported instead.
             "resume_folder": state["folder"] if state else None}
@@ -213,7 +229,9 @@ def _fit(config: GeneralistConfig, folder: RunFolder, state: dict | None, quiet:
         torch_config=TorchConfig(backend="gloo"),
         scaling_config=ScalingConfig(num_workers=len(config.learners), use_gpu=use_gpu,
                                      resources_per_worker=resources, placement_strategy=runtime.placement),
-        run_config=RunConfig(name=f"ray-session-{session}", storage_path=str(folder.path.resolve()),
+        # A URI's filesystem goes to Ray Train as is (credentials, endpoint), with the path its scheme stripped.
+        run_config=RunConfig(name=f"ray-session-{session}", storage_path=_storage_path(folder.path),
+                             storage_filesystem=None if folder.path.native else folder.path.fs,
                              failure_config=FailureConfig(max_failures=runtime.max_failures)),
     )
     sink = FolderSink(config, folder, data_kwargs.stream.steps_per_epoch,
@@ -234,6 +252,7 @@ def _fit(config: GeneralistConfig, folder: RunFolder, state: dict | None, quiet:
         thread.join(timeout=2.0)
         _relay(ray.get(coordinator.drain.remote()), sink, config)
     _relay(ray.get(coordinator.drain.remote()), sink, config)
+    sink.metrics.persist()
     if "error" in outcome:
         user_error = _user_error(outcome["error"])
         if user_error is not None:
@@ -303,3 +322,5 @@ def _relay(status: dict, sink: FolderSink, config: GeneralistConfig) -> None:
         accuracy = {name: {k: v for k, v in models[name].items() if k == "clean_acc" or k.startswith("pgd_acc")}
                     for name in order}
         sink.show_epoch(epoch, accuracy)
+    if status["rows"]:
+        sink.metrics.persist()  # through a URI, rows reach storage within a relay period, as appends do locally

@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     # what a model, an attack, a loss and a batch need
     "generalist.models": 2, "generalist.attacks": 2, "generalist.losses": 2, "generalist.data": 2,
     "generalist.objectives": 2, "generalist.baselines": 2, "generalist.autoattack_eval": 2, "generalist.repro": 2,
+    "generalist.storage": 2,  # local paths and pyarrow filesystems (data may read remote stores too)
     # one learner, the mixing rule, evaluation, checkpoints; the training loop and run folder built on them
     "generalist.learner": 3, "generalist.mixing": 3, "generalist.evaluate": 3, "generalist.checkpoint": 3,
     "generalist.training": 3, "generalist.run_folder": 3, "generalist.metrics": 3, "generalist.report": 3,
@@ -160,7 +161,8 @@ def test_ray_is_imported_where_the_rule_allows_and_nowhere_else():
     ("generalist.models.resnet", "from ..checkpoint import load_payload\n", "layer 2 must not import layer 3"),
     ("generalist.attacks", "from . import mixing\n", "layer 2 must not import layer 3"),
     ("generalist.losses", "from generalist import cli\n", "layer 2 must not import layer 5"),
-    ("generalist.mixing", "def f():\n    import generalist.distributed.coordinator\n", "layer 3 must not import layer 4"),
+    ("generalist.mixing", "def f():\n    import generalist.distributed.coordinator\n",
+     "layer 3 must not import layer 4"),
 ])
 def test_the_checker_catches_a_wrong_import(module, source, rule):
     problems = violations(module, imports_of(source, module))

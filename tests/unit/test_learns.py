@@ -2,8 +2,8 @@
 
 Local backend, one thread, small-cnn, 300 optimiser steps of batch 128 on 6,400 MNIST images without
 augmentation (a horizontal flip turns digits into other shapes). The shipped model (final/global.pt) is then
-checked on 500 points of the MNIST *test* split with our own PGD. About 45 s on 2 cores (natural ~12 s,
-Linf-AT ~30 s).
+checked on 500 points of the MNIST *test* split with our own PGD. About 50 s on 2 cores (natural ~25 s,
+Linf-AT ~26 s; measured with other jobs on the machine).
 """
 
 from __future__ import annotations
