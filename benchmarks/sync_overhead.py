@@ -25,6 +25,7 @@ import torch  # noqa: E402
 
 from generalist.config import apply_overrides  # noqa: E402
 from generalist.distributed.coordinator import Coordinator  # noqa: E402
+from generalist.distributed.flat_state import FlatLayout  # noqa: E402
 from generalist.models import build_model  # noqa: E402
 from generalist.recipes import get_recipe  # noqa: E402
 
@@ -39,12 +40,14 @@ class FakeLearner:
         self.live = build_model(model_name, num_classes=10, in_channels=3, mean=(0.5,) * 3,
                                 std=(0.25,) * 3).state_dict()
         self.ema = {k: v.clone() for k, v in self.live.items()}
+        self.layout = FlatLayout(self.ema)
 
     def round(self, coordinator, epoch: int) -> float:
+        """The sync half of a learner's round, exactly as RaySync does it."""
         start = time.perf_counter()
-        wrapped = ray.get(coordinator.exchange.remote(self.rank, epoch, 1, self.ema))
+        wrapped = ray.get(coordinator.exchange.remote(self.rank, epoch, 1, *self.layout.pack(self.ema)))
         if wrapped is not None:
-            state = ray.get(wrapped[0])
+            state = self.layout.unpack(*ray.get(wrapped[0]))
             with torch.no_grad():
                 for name, tensor in self.live.items():
                     tensor.copy_(state[name])

@@ -172,7 +172,7 @@ def _to_unit(x: torch.Tensor) -> torch.Tensor:
 
 # --- loading -------------------------------------------------------------------------------------
 
-# sha256 of the decoded CIFAR-10 arrays, copied from /work/shared/data/README.md ("Use with torchvision"):
+# sha256 of the decoded CIFAR-10 arrays, copied from the offline dataset copies' README (shared/data/README.md) ("Use with torchvision"):
 # data = (10000, 3072) uint8 in the official R|G|B plane layout (= the bytes of (10000, 3, 32, 32));
 # labels = the label list as uint8. Per batch: (sha256 of data, sha256 of labels).
 CIFAR10_SHA256: dict[str, tuple[str, str]] = {

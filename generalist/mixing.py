@@ -129,9 +129,10 @@ class GlobalLearner:
     n steps into one EMA update with decay prod(d_s) (PAPER.md, "Distributed form"). With n = 1 it is the
     reference algorithm's per-iteration `E_G.update(beta * E_AT + (1 - beta) * E_ST)`."""
 
-    def __init__(self, config: RunConfig, initial_state: StateDict):
+    def __init__(self, config: RunConfig, initial_state: StateDict, copy: bool = True):
         self.config = config
-        self.state = clone_state(initial_state)
+        # copy=False keeps the caller's tensors (views into one flat buffer, for the Ray coordinator).
+        self.state = clone_state(initial_state) if copy else initial_state
         self.ema_steps = 0  # updates folded in so far (the warm-up counter s)
 
     def sync(self, learner_states: Sequence[StateDict], epoch: int, n_steps: int) -> bool:
@@ -146,6 +147,8 @@ class GlobalLearner:
     def state_dict(self) -> dict:
         return {"state": self.state, "ema_steps": self.ema_steps}
 
+    @torch.no_grad()
     def load_state_dict(self, saved: dict) -> None:
-        self.state = clone_state(saved["state"])
+        for name, tensor in self.state.items():  # in place: whoever holds views of the state keeps them
+            tensor.copy_(saved["state"][name])
         self.ema_steps = int(saved["ema_steps"])

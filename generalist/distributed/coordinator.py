@@ -12,7 +12,8 @@ import time
 import ray
 
 from generalist.config import RunConfig
-from generalist.mixing import GlobalLearner, StateDict
+from generalist.distributed.flat_state import FlatLayout
+from generalist.mixing import GlobalLearner, StateDict, clone_state
 
 
 @ray.remote(num_cpus=0)
@@ -23,7 +24,10 @@ class Coordinator:
         self.config = config
         self.num_learners = len(config.learners)
         self.initial_state = initial_state
-        self.global_learner = GlobalLearner(config, initial_state)
+        self.layout = FlatLayout(initial_state)
+        # The global state lives in one flat buffer, so each broadcast is a single put of one array.
+        self.global_flat, state = self.layout.writable_copy(initial_state)
+        self.global_learner = GlobalLearner(config, state, copy=False)
         self.global_step = 0
         self.pending: dict[int, StateDict] = {}
         self.result: asyncio.Future | None = None
@@ -53,10 +57,8 @@ class Coordinator:
         self.joined[rank] = global_payload if rank == 0 else None
         if len(self.joined) == self.num_learners:
             payload = self.joined[0]
-            if payload is not None:
-                self.global_learner.load_state_dict(payload)
-            else:
-                self.global_learner = GlobalLearner(self.config, self.initial_state)
+            self.global_learner.load_state_dict(
+                payload if payload is not None else {"state": self.initial_state, "ema_steps": 0})
             if self.global_step > start_step:
                 self.restarts += 1
             self.global_step = start_step
@@ -66,22 +68,23 @@ class Coordinator:
 
     # --- one round ---------------------------------------------------------------------------------
 
-    async def exchange(self, rank: int, epoch: int, n_steps: int, ema_state: StateDict):
-        """Hand in learner `rank`'s EMA after a round; returns [ref] to the global state to load, or None.
+    async def exchange(self, rank: int, epoch: int, n_steps: int, ema_flat, ema_others: StateDict):
+        """Hand in learner `rank`'s EMA (packed by FlatLayout) after a round; returns [ref] to the global
+        state to load, or None.
 
         The global state is put into the object store once per round and the same reference goes to
         every learner (wrapped in a list so Ray does not resolve it on the way)."""
         if self.result is None or self.result.done():
             self.result = asyncio.get_running_loop().create_future()
         result = self.result
-        self.pending[rank] = ema_state
+        self.pending[rank] = self.layout.unpack(ema_flat, ema_others)
         if len(self.pending) == self.num_learners:
             start = time.perf_counter()
             states = [self.pending[k] for k in range(self.num_learners)]
             self.pending = {}
             redistribute = self.global_learner.sync(states, epoch, n_steps)
             self.global_step += n_steps
-            ref = ray.put(self.global_learner.state) if redistribute else None
+            ref = ray.put(self._packed()) if redistribute else None
             self.last_sync_s = time.perf_counter() - start
             result.set_result(ref)
         ref = await result
@@ -93,11 +96,16 @@ class Coordinator:
 
     # --- state for evaluation and checkpoints -------------------------------------------------------
 
+    def _packed(self) -> tuple:
+        others = {n: t for n, t in self.global_learner.state.items() if not t.is_floating_point()}
+        return self.global_flat, others
+
     def global_ref(self) -> list:
-        return [ray.put(self.global_learner.state)]
+        """[ref] to the packed global state (unpack with FlatLayout)."""
+        return [ray.put(self._packed())]
 
     def payload(self) -> dict:
-        return self.global_learner.state_dict()
+        return {"state": clone_state(self.global_learner.state), "ema_steps": self.global_learner.ema_steps}
 
     def report_rows(self, table: str, rows: list[dict]) -> None:
         self.rows.extend((table, row) for row in rows)

@@ -24,13 +24,14 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from generalist import checkpoint as ckpt
 from generalist.config import RunConfig as GeneralistConfig
 from generalist.distributed.coordinator import Coordinator
+from generalist.distributed.flat_state import FlatLayout
 from generalist.distributed.local import build_learners, finish
 from generalist.errors import BackendError, ConfigError, GeneralistError
 from generalist.learner import RoundStats
 from generalist.mixing import StateDict
 from generalist.repro import set_determinism
 from generalist.run_folder import BestTracker, FolderSink, RunFolder, load_resume_payloads
-from generalist.storage import Location
+from generalist.storage import Location, locate
 from generalist.training import GLOBAL, EpochResult, epoch_rows, prepare_run_data, round_rows, train_learners
 
 # Keep a local Ray on the loopback interface (see INSTALL notes in the README).
@@ -40,17 +41,18 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 class RaySync:
     """A learner actor's side of the round barrier: hand the EMA in, maybe load the global state."""
 
-    def __init__(self, coordinator, rank: int, timeout_s: float):
+    def __init__(self, coordinator, rank: int, timeout_s: float, layout: FlatLayout):
         self.coordinator = coordinator
         self.rank = rank
         self.timeout_s = timeout_s
+        self.layout = layout
 
     def exchange(self, epoch: int, n_steps: int, states: dict[int, StateDict]) -> StateDict | None:
         (state,) = states.values()
         try:
-            wrapped = ray.get(self.coordinator.exchange.remote(self.rank, epoch, n_steps, state),
+            wrapped = ray.get(self.coordinator.exchange.remote(self.rank, epoch, n_steps, *self.layout.pack(state)),
                               timeout=self.timeout_s)
-            return None if wrapped is None else ray.get(wrapped[0], timeout=self.timeout_s)
+            return None if wrapped is None else self.layout.unpack(*ray.get(wrapped[0], timeout=self.timeout_s))
         except ray.exceptions.GetTimeoutError:
             missing = ray.get(self.coordinator.missing.remote(), timeout=30)
             raise BackendError(
@@ -62,7 +64,7 @@ class RaySync:
         return ray.get(self.coordinator.payload.remote(), timeout=self.timeout_s)
 
     def global_state(self) -> StateDict:
-        return ray.get(ray.get(self.coordinator.global_ref.remote(), timeout=self.timeout_s)[0])
+        return self.layout.unpack(*ray.get(ray.get(self.coordinator.global_ref.remote(), timeout=self.timeout_s)[0]))
 
 
 class WorkerSink:
@@ -111,8 +113,8 @@ def learner_worker(spec: dict) -> None:
     start_step, global_payload, best_score = 0, None, None
     checkpoint = ray_train.get_checkpoint()
     if checkpoint is None and spec["resume_folder"]:
-        resume = spec["resume_folder"]  # a path string, or a Location on the run's pyarrow filesystem
-        checkpoint = Checkpoint.from_directory(resume) if isinstance(resume, str) else \
+        resume: Location = spec["resume_folder"]  # on a URI's filesystem, Ray downloads it when it is remote
+        checkpoint = Checkpoint.from_directory(resume.path) if resume.native else \
             Checkpoint(resume.path, filesystem=resume.fs)
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -127,7 +129,7 @@ def learner_worker(spec: dict) -> None:
     ray.get(coordinator.join.remote(rank, os.getpid(), ray.get_gpu_ids(), start_step, global_payload),
             timeout=config.runtime.sync_timeout_s)
     sink = WorkerSink(config, rank, coordinator, spec["run_location"], best_score)
-    sync = RaySync(coordinator, rank, config.runtime.sync_timeout_s)
+    sync = RaySync(coordinator, rank, config.runtime.sync_timeout_s, FlatLayout(learner.ema_state()))
     train_learners(config, data, [learner], sync, sink, start_step=start_step, owns_global=rank == 0,
                    global_state_for_eval=sync.global_state, device=device)
 
@@ -218,7 +220,7 @@ def _fit(config: GeneralistConfig, folder: RunFolder, state: dict | None, quiet:
     spec = {"config": config.to_dict(), "coordinator": name, "namespace": namespace, "run_location": folder.path,
             # An earlier session's (or the local backend's) checkpoint; restarts inside this session use
             # the checkpoints Ray Train has seen reported instead.
-            "resume_folder": state["folder"] if state else None}
+            "resume_folder": locate(state["folder"]) if state else None}
     runtime = config.runtime
     use_gpu = runtime.gpus_per_learner > 0
     resources = {"CPU": runtime.cpus_per_learner, **({"GPU": runtime.gpus_per_learner} if use_gpu else {})}
@@ -262,7 +264,7 @@ def _fit(config: GeneralistConfig, folder: RunFolder, state: dict | None, quiet:
         raise BackendError(f"the learner group failed (after up to {config.runtime.max_failures} restarts): "
                            f"{type(error).__name__}: {first_line}; fix the cause and continue with --resume") \
             from error
-    global_state = ray.get(ray.get(coordinator.global_ref.remote())[0])
+    global_state = FlatLayout(data_kwargs.initial_state).unpack(*ray.get(ray.get(coordinator.global_ref.remote())[0]))
     result = outcome["result"]
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as last:

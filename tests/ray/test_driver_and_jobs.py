@@ -103,12 +103,16 @@ def test_a_job_submitted_to_a_real_head_node_trains_and_writes_its_run(ray_head,
     runs_root = tmp_path / "runs"
     runtime_env = {"excludes": [".git", "runs", "benchmarks/results", "*.pt", "__pycache__"],
                    "env_vars": {"GENERALIST_DATA": str(data_root), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}}
-    submit = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", "http://127.0.0.1:8275", "--working-dir", str(REPO),
-         "--runtime-env-json", json.dumps(runtime_env), "--",
-         sys.executable, "jobs/run_job.py", "--recipe", "generalist-d-small", "--runs-root", str(runs_root),
-         "--seed", "1", *TINY_ARGS[:-1]],
-        env=ray_head, capture_output=True, text=True, timeout=900)
+    command = [str(BIN / "ray"), "job", "submit", "--address", "http://127.0.0.1:8275", "--working-dir", str(REPO),
+               "--runtime-env-json", json.dumps(runtime_env), "--",
+               sys.executable, "jobs/run_job.py", "--recipe", "generalist-d-small", "--runs-root", str(runs_root),
+               "--seed", "1", *TINY_ARGS[:-1]]
+    # A fresh head's job agent can take a while to come up; the submit fails fast and says so.
+    for _ in range(20):
+        submit = subprocess.run(command, env=ray_head, capture_output=True, text=True, timeout=900)
+        if "No available agent" not in submit.stdout + submit.stderr:
+            break
+        time.sleep(3)
     assert submit.returncode == 0, (submit.stdout[-3000:], submit.stderr[-2000:])
     assert "succeeded" in submit.stdout.lower()
     run_dir = runs_root / "generalist-d-small-seed1"

@@ -21,7 +21,7 @@ from generalist.errors import ConfigError, DataError
 
 def shared_data() -> Path:
     """The offline datasets: $GENERALIST_TEST_DATA, else the project's shared copy."""
-    return Path(os.environ.get("GENERALIST_TEST_DATA", "/work/shared/data"))
+    return Path(os.environ.get("GENERALIST_TEST_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 
 
 needs_data = pytest.mark.skipif(

@@ -3,7 +3,7 @@
 A `file://` URI takes the code path of a remote store (pyarrow calls, no renames, no appends) on the local
 disk. `DiskObjectStore` below is a pyarrow filesystem on the local disk that, like S3 or GCS, cannot rename
 or append (it raises), records every write, and can die at the Nth one, to test what a crash leaves.
-Real S3/GCS are not reachable from the test machines and are not tested. About 35 s on 2 cores.
+Real S3/GCS are not reachable from the test machines and are not tested. About 20 s on 2 cores.
 """
 
 from __future__ import annotations
