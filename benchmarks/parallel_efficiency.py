@@ -43,21 +43,18 @@ def alone_rate(config, index: int, steps: int) -> float:
 
 
 def run_rate(config, run_dir: Path) -> float:
-    """Steps/s of a whole run, from its rounds table (skipping the first round of the epoch)."""
+    """Steps/s of a whole run from its rounds table, skipping the epoch's first round (warm-up).
+
+    A round lasts as long as its slowest learner when learners run in parallel (Ray), and as long as all
+    of them together when they run one after another (in-process)."""
     train(config, run_dir, quiet=True)
     rows = [json.loads(line) for line in (run_dir / "metrics" / "rounds.jsonl").read_text().splitlines()]
-    by_step: dict[int, float] = {}
+    combine = sum if config.runtime.backend == "local" else max
+    seconds: dict[int, list[float]] = {}
     for row in rows:
-        by_step.setdefault(row["global_step"], row["seconds"])
-        by_step[row["global_step"]] = max(by_step[row["global_step"]], row["seconds"])
-    steps = sorted(by_step)[1:]
-    if config.runtime.backend == "local":  # learners run one after another: a round costs their sum
-        sums: dict[int, float] = {}
-        for row in rows:
-            sums[row["global_step"]] = sums.get(row["global_step"], 0.0) + row["seconds"]
-        by_step = sums
-    n = config.mixing.sync_every
-    return len(steps) * n / sum(by_step[s] for s in steps)
+        seconds.setdefault(row["global_step"], []).append(row["seconds"])
+    steps = sorted(seconds)[1:]
+    return len(steps) * config.mixing.sync_every / sum(combine(seconds[s]) for s in steps)
 
 
 def run_wall_rate(config, run_dir: Path) -> tuple[float, float]:
