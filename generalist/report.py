@@ -87,6 +87,8 @@ def load_run(path: str | Path, eval_folder: str = "*") -> RunSummary:
 def _config_key(config: dict) -> str:
     rest = {k: v for k, v in config.items() if k not in ("seed", "runtime", "eval")}
     rest["data"] = {k: v for k, v in rest.get("data", {}).items() if k != "root"}
+    if rest["data"].get("augment") is None and "dataset" in rest["data"]:  # None means "on for CIFAR-10 only"
+        rest["data"]["augment"] = rest["data"]["dataset"] == "cifar10"
     return json.dumps(rest, sort_keys=True)
 
 

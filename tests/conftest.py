@@ -51,3 +51,21 @@ def tiny_config(recipe: str = "generalist-d-small", *overrides: str, data_root: 
 @pytest.fixture
 def tiny():
     return tiny_config
+
+
+# --- a real local Ray for tests/ray: 127.0.0.1 only, 4 logical CPUs and 3 logical GPUs ---------------
+# (one conftest for the whole suite: test modules import helpers from it as `conftest`)
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    import ray
+
+    # Logical GPUs let placement be tested on a CPU machine: Ray hands out ids, no CUDA is touched.
+    ray.init(num_cpus=4, num_gpus=3, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
+             logging_level="error")
+    yield ray
+    ray.shutdown()
