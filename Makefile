@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 DATA ?= $(if $(GENERALIST_DATA),$(GENERALIST_DATA),$(abspath ../shared/data))
 RUN_DIR ?= runs/generalist-d-small-$(shell date +%Y%m%d-%H%M%S)
 RECIPE ?= generalist-d-small
+# This checkout's code wins over whichever checkout the shared venv was last installed from.
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 # Keep every Ray process on the loopback interface (see README, "Ray on one machine").
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0

@@ -96,11 +96,16 @@ def publish(run_dir: Path, results: Path) -> None:
     """Copy the small, reviewable files of a run into the committed results folder."""
     target = results / "runs" / run_dir.name
     target.mkdir(parents=True, exist_ok=True)
-    for source in (run_dir / "config.json", run_dir / "final" / "summary.json"):
+    sources = [(run_dir / "config.json", "config.json"), (run_dir / "final" / "summary.json", "summary.json")]
+    sources += [(e, f"eval-{e.parent.name}.json") for e in sorted((run_dir / "eval").glob("*/eval.json"))]
+    for source, name in sources:
         if source.exists():
-            shutil.copyfile(source, target / source.name)
-    for evaluation in sorted((run_dir / "eval").glob("*/eval.json")):
-        shutil.copyfile(evaluation, target / f"eval-{evaluation.parent.name}.json")
+            (target / name).write_text(portable(source.read_text()))
+
+
+def portable(text: str) -> str:
+    """This machine's folders out of recorded commands: paths relative to the repository, bare tool names."""
+    return text.replace(str(Path(sys.executable).parent) + "/", "").replace(str(REPO) + "/", "")
 
 
 def main() -> None:
@@ -144,8 +149,9 @@ def main() -> None:
     finished = [runs / f"{n}-seed{s}" for n, _, s, _ in jobs if (runs / f"{n}-seed{s}" / "eval" / tag / "eval.json").exists()]
     if finished:
         out = results / f"{'ablations' if args.ablations else 'main'}-{tag}"
-        subprocess.run([generalist(), "report", *map(str, finished), "--out", str(out), "--eval-folder", tag],
-                       check=False)
+        relative = [os.path.relpath(p, REPO) for p in finished]  # the report names runs as given
+        subprocess.run([generalist(), "report", *relative, "--out", os.path.relpath(out, REPO), "--eval-folder", tag],
+                       check=False, cwd=REPO)
         log(f"table of {len(finished)} evaluated runs: {out}")
     if failures:
         sys.exit(f"{len(failures)} runs failed:\n" + "\n".join(failures))
