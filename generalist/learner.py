@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -72,8 +73,6 @@ class Learner:
 
     def run_steps(self, epoch: int, first_step: int, n: int) -> RoundStats:
         """Train n optimiser steps of 1-based `epoch`, starting at `first_step` of that epoch."""
-        import time
-
         start = time.perf_counter()
         lr = self.spec.lr * lr_factor(epoch, self.config)
         for group in self.optimizer.param_groups:

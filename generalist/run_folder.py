@@ -26,7 +26,7 @@ from generalist.learner import RoundStats
 from generalist.metrics import MetricsLog, Progress
 from generalist.repro import run_metadata
 from generalist.storage import Location, locate
-from generalist.training import GLOBAL, EpochResult, epoch_rows, round_rows
+from generalist.training import GLOBAL, EpochResult, checkpoint_state, epoch_rows, round_rows
 
 
 def fingerprint_diff(saved: dict, current: dict, where: str = "") -> str | None:
@@ -157,6 +157,7 @@ class FolderSink:
         self.last_print = 0.0
         self.best = BestTracker(config, folder, best_score)
         self.quiet = quiet
+        self.pending_epochs: dict[int, dict[str, dict]] = {}  # Ray driver: epoch rows until all models report
 
     @property
     def best_score(self):
@@ -194,9 +195,7 @@ class FolderSink:
     def checkpoint(self, global_step: int, payloads: dict[str, dict], end_of_epoch: bool,
                    result: EpochResult | None) -> None:
         self.best.update(result, payloads, global_step)
-        state = {"global_step": global_step, "position": global_step, "epoch_end": end_of_epoch,
-                 "fingerprint": self.config.fingerprint(), "best_score": self.best.best_score,
-                 "learners": self.config.learner_names}
+        state = checkpoint_state(self.config, global_step, end_of_epoch, self.best.best_score)
         self.metrics.persist()  # through a URI, the rows up to this checkpoint must be stored before it is
         ckpt.write_checkpoint(self.folder.last, payloads, state)
 

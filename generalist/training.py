@@ -173,6 +173,17 @@ def round_rows(config: RunConfig, epoch: int, global_step: int, stats: list[Roun
              "communication_epoch": is_communication_epoch(epoch, config)} for s in stats]
 
 
+def accuracy_fields(row: dict) -> dict[str, float]:
+    """The accuracy columns of an `epochs` row: clean_acc and pgd_acc_<norm>."""
+    return {k: v for k, v in row.items() if k == "clean_acc" or k.startswith("pgd_acc")}
+
+
+def checkpoint_state(config: RunConfig, global_step: int, end_of_epoch: bool, best_score) -> dict:
+    """The state.json of a checkpoint, the same whichever backend writes it."""
+    return {"global_step": global_step, "position": global_step, "epoch_end": end_of_epoch,
+            "fingerprint": config.fingerprint(), "best_score": best_score, "learners": config.learner_names}
+
+
 def epoch_rows(result: EpochResult) -> list[dict]:
     """Metric rows of one epoch evaluation, one per model (the `epochs` table)."""
     return [{"epoch": result.epoch, "global_step": result.global_step, "model": name, **metrics}

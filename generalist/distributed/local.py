@@ -10,7 +10,7 @@ from generalist.learner import Learner
 from generalist.mixing import GlobalLearner, StateDict
 from generalist.repro import resolve_device, set_determinism
 from generalist.run_folder import FolderSink, RunFolder, format_table, load_resume_payloads
-from generalist.training import GLOBAL, RunData, prepare_run_data, train_learners
+from generalist.training import GLOBAL, RunData, accuracy_fields, prepare_run_data, train_learners
 
 
 class LocalSync:
@@ -62,8 +62,7 @@ def finish(config: RunConfig, folder: RunFolder, global_state: StateDict, sink: 
            quiet: bool) -> dict:
     """Write the final global model and summary; print the last validation table."""
     latest = {row["model"]: row for row in sink.metrics.rows("epochs")}
-    last = {name: {k: v for k, v in latest[name].items() if k == "clean_acc" or k.startswith("pgd_acc")}
-            for name in [*config.learner_names, GLOBAL] if name in latest}
+    last = {name: accuracy_fields(latest[name]) for name in [*config.learner_names, GLOBAL] if name in latest}
     summary = {"recipe": config.recipe, "seed": config.seed, "backend": config.runtime.backend,
                "train_seconds_this_session": round(seconds, 2), "final_validation": last,
                "best_validation_score": sink.best_score}

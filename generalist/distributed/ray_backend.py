@@ -32,7 +32,8 @@ from generalist.mixing import StateDict
 from generalist.repro import set_determinism
 from generalist.run_folder import BestTracker, FolderSink, RunFolder, load_resume_payloads
 from generalist.storage import Location, locate
-from generalist.training import GLOBAL, EpochResult, epoch_rows, prepare_run_data, round_rows, train_learners
+from generalist.training import (GLOBAL, EpochResult, accuracy_fields, checkpoint_state, epoch_rows, prepare_run_data,
+                                 round_rows, train_learners)
 
 # Keep a local Ray on the loopback interface (see INSTALL notes in the README).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -89,9 +90,7 @@ class WorkerSink:
                    result: EpochResult | None) -> None:
         if self.best is not None:
             self.best.update(result, payloads, global_step)
-        state = {"global_step": global_step, "position": global_step, "epoch_end": end_of_epoch,
-                 "fingerprint": self.config.fingerprint(), "learners": self.config.learner_names,
-                 "best_score": self.best.best_score if self.best else None}
+        state = checkpoint_state(self.config, global_step, end_of_epoch, self.best.best_score if self.best else None)
         with tempfile.TemporaryDirectory(prefix="generalist-ckpt-") as folder:
             ckpt.write_payloads(Path(folder), payloads, {"position": global_step})
             if self.rank == 0:
@@ -212,11 +211,11 @@ def train_ray(config: GeneralistConfig, run_dir: str | Path | Location, *, resum
 
 
 def _fit(config: GeneralistConfig, folder: RunFolder, state: dict | None, quiet: bool) -> dict:
-    data_kwargs = prepare_run_data(config)  # fail here, in the driver, on a missing or corrupt dataset
+    run_data = prepare_run_data(config)  # fail here, in the driver, on a missing or corrupt dataset
     namespace = ray.get_runtime_context().namespace
     session = len(_sessions(folder.path)) + 1
     name = f"generalist-coordinator-{os.getpid()}-{session}-{time.time_ns()}"
-    coordinator = Coordinator.options(name=name, namespace=namespace).remote(config, data_kwargs.initial_state)
+    coordinator = Coordinator.options(name=name, namespace=namespace).remote(config, run_data.initial_state)
     spec = {"config": config.to_dict(), "coordinator": name, "namespace": namespace, "run_location": folder.path,
             # An earlier session's (or the local backend's) checkpoint; restarts inside this session use
             # the checkpoints Ray Train has seen reported instead.
@@ -236,7 +235,7 @@ def _fit(config: GeneralistConfig, folder: RunFolder, state: dict | None, quiet:
                              storage_filesystem=None if folder.path.native else folder.path.fs,
                              failure_config=FailureConfig(max_failures=runtime.max_failures)),
     )
-    sink = FolderSink(config, folder, data_kwargs.stream.steps_per_epoch,
+    sink = FolderSink(config, folder, run_data.stream.steps_per_epoch,
                       best_score=state.get("best_score") if state else None, quiet=quiet)
     sink.metrics.truncate_after(state["global_step"] if state else 0)
     outcome: dict = {}
@@ -264,7 +263,7 @@ def _fit(config: GeneralistConfig, folder: RunFolder, state: dict | None, quiet:
         raise BackendError(f"the learner group failed (after up to {config.runtime.max_failures} restarts): "
                            f"{type(error).__name__}: {first_line}; fix the cause and continue with --resume") \
             from error
-    global_state = FlatLayout(data_kwargs.initial_state).unpack(*ray.get(ray.get(coordinator.global_ref.remote())[0]))
+    global_state = FlatLayout(run_data.initial_state).unpack(*ray.get(ray.get(coordinator.global_ref.remote())[0]))
     result = outcome["result"]
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as last:
@@ -297,7 +296,7 @@ def _user_error(error: BaseException) -> GeneralistError | None:
 def _relay(status: dict, sink: FolderSink, config: GeneralistConfig) -> None:
     """Write the rows the learners sent through the coordinator, as the in-process backend does."""
     rounds: dict[int, list[dict]] = {}
-    epochs = sink.__dict__.setdefault("pending_epochs", {})  # epoch -> model -> row, until all have reported
+    epochs = sink.pending_epochs  # epoch -> model -> row, kept across relays until every model has reported
     for table, row in status["rows"]:
         if table == "restart":
             sink.metrics.truncate_after(row["global_step"])  # the steps after it are run again
@@ -321,8 +320,7 @@ def _relay(status: dict, sink: FolderSink, config: GeneralistConfig) -> None:
         models = epochs.pop(epoch)
         sink.metrics.flush()
         order = config.learner_names + [GLOBAL]
-        accuracy = {name: {k: v for k, v in models[name].items() if k == "clean_acc" or k.startswith("pgd_acc")}
-                    for name in order}
+        accuracy = {name: accuracy_fields(models[name]) for name in order}
         sink.show_epoch(epoch, accuracy)
     if status["rows"]:
         sink.metrics.persist()  # through a URI, rows reach storage within a relay period, as appends do locally
