@@ -294,7 +294,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
         return cls(**kwargs)
     except TypeError as error:  # a required field is missing
         raise ConfigError(f"{where or 'config'}: {error}") from None
-    except ConfigError as error:  # say where a nested section's check failed, e.g. learners.0.attack
+    except ConfigError as error:  # say where a nested section's check failed, e.g. learners.linf.attack
         if where and not str(error).startswith(where.split(".")[0]):
             raise ConfigError(f"{where}: {error}") from None
         raise
@@ -317,7 +317,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         (item,) = get_args(tp)
         if not isinstance(value, list):
             raise ConfigError(f"{where} must be a list, got {value!r}")
-        return [_convert(item, v, f"{where}.{i}") for i, v in enumerate(value)]
+        # Name items by their `name` where they have one (learners.linf.attack): overrides accept that spelling.
+        return [_convert(item, v, f"{where}.{v['name'] if isinstance(v, dict) and v.get('name') else i}")
+                for i, v in enumerate(value)]
     if tp is bool:
         if isinstance(value, bool):
             return value

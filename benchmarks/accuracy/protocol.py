@@ -22,15 +22,21 @@ import argparse
 import concurrent.futures as futures
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tables  # noqa: E402 - this folder's module, beside the script
+
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = ["natural", "pgd-at", "trades", "generalist-d", "avg", "max", "generalist-mn", "generalist-t"]
 # Ablations of what the paper leaves open, on generalist-d (name -> overrides). 63 steps = one epoch here.
+# sync_every=1 and final weights (linf 0.4, natural 0.6) are the recipe's defaults: the generalist-d runs of the
+# main table are that setting. d-sync1 trains it again beside the other variants, so that its wall time is
+# measured under the same load as theirs (and its accuracy must equal the reference's: training is deterministic).
+ABLATION_REFERENCE = "generalist-d"
 ABLATIONS = {
     "d-sync1": ["mixing.sync_every=1"],
     "d-sync10": ["mixing.sync_every=10"],
@@ -75,19 +81,25 @@ def train_one(name: str, recipe: str, seed: int, overrides: list[str], runs: Pat
     return run_dir
 
 
-def eval_tag(autoattack: str) -> str:
-    return "aa-" + autoattack.replace(",", "+")
+DEFAULT_THREATS = ["Linf", "L2", "L1"]
+
+
+def eval_tag(autoattack: str, threats: list[str]) -> str:
+    """The evaluation folder's name: the AutoAttack setting, and the threats when not all three."""
+    tag = "aa-" + autoattack.replace(",", "+")
+    return tag if threats == DEFAULT_THREATS else tag + "-" + "+".join(threats)
 
 
 def eval_one(run_dir: Path, n: int, threats: list[str], autoattack: str) -> Path:
     """Evaluate the global learner on the first n test points; each AutoAttack setting has its own folder."""
-    out = run_dir / "eval" / eval_tag(autoattack)
+    tag = eval_tag(autoattack, threats)
+    out = run_dir / "eval" / tag
     if (out / "eval.json").exists():
         return out
     command = [generalist(), "eval", str(run_dir), "--n", str(n), "--autoattack", autoattack, "--threads", "1",
                "--quiet", "--out", str(out), *[a for t in threats for a in ("--threat", t)]]
     start = time.perf_counter()
-    run(command, run_dir.parent / "logs" / f"{run_dir.name}.{eval_tag(autoattack)}.log")
+    run(command, run_dir.parent / "logs" / f"{run_dir.name}.{tag}.log")
     log(f"evaluated {run_dir.name} in {time.perf_counter() - start:.0f} s")
     return out
 
@@ -108,6 +120,41 @@ def portable(text: str) -> str:
     return text.replace(str(Path(sys.executable).parent) + "/", "").replace(str(REPO) + "/", "")
 
 
+def write_study(runs: Path, results: Path, ablations: bool, seeds: list[int]) -> None:
+    """study.md / ablations.md and their trade-off plot, from every run folder evaluated so far."""
+    names = [ABLATION_REFERENCE, *ABLATIONS] if ablations else RECIPES
+    combined = [c for name in names for seed in seeds
+                if (c := tables.combine_run(runs / f"{name}-seed{seed}", name, seed)) is not None]
+    if not combined:
+        log("nothing evaluated yet: no table")
+        return
+    stem = "ablations" if ablations else "study"
+    versions = next(json.loads(e.read_text())["metadata"]["versions"] for e in (runs).glob("*/eval/*/eval.json"))
+    lines = [f"# {'Ablations of generalist-d' if ablations else 'Reproduction study'}: CPU scale", "",
+             f"Written by `python benchmarks/accuracy/protocol.py --phase table{' --ablations' if ablations else ''}` "
+             f"on {time.strftime('%Y-%m-%d')} from the run folders in runs/accuracy/ (the budget and the commands "
+             "that made them: [README.md](README.md)). Versions: "
+             + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) + ".", "",
+             "Test points: the first N CIFAR-10 test images (column `points`). Each threat column is the per-point "
+             "worst case over every evaluation of the run (last column: which attacks); `union` counts a point only "
+             "if it is robust under every threat. Mean ± sample std over the seeds listed; global learner only.", ""]
+    if ablations:
+        lines += ["`syncs`: global-learner updates over the whole run (one per round of `sync_every` steps, plus "
+                  "every epoch end), `sync s`: their summed time, `train s`: the run's training wall time (local "
+                  "backend, one thread, another job on the second core).", "",
+                  tables.ablation_table(combined, {ABLATION_REFERENCE: "none (sync_every=1, linf 0.4 / natural 0.6)",
+                                                   **{k: " ".join(v) for k, v in ABLATIONS.items()}})]
+    else:
+        lines.append(tables.accuracy_table(combined))
+    plot = tables.plot_tradeoff(combined, results / f"{stem}-tradeoff.png",
+                                ["Linf", "L2", "union"] if ablations else ["Linf", "union"],
+                                f"{stem}: clean vs robust accuracy, mean ± std over seeds (CIFAR-10, CPU scale)",
+                                off_plot=("natural",))
+    lines += ["", f"![trade-off]({plot.name})", ""]
+    (results / f"{stem}.md").write_text("\n".join(lines))
+    log(f"{len(combined)} evaluated runs: {results / stem}.md")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phase", choices=["train", "eval", "table", "all"], default="all")
@@ -116,13 +163,14 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
     parser.add_argument("--n", type=int, default=1000, help="test points per threat")
-    parser.add_argument("--threats", nargs="+", default=["Linf", "L2", "L1"])
+    parser.add_argument("--threats", nargs="+", default=DEFAULT_THREATS)
     parser.add_argument("--autoattack", default="standard")
     parser.add_argument("--runs", default=str(REPO / "runs" / "accuracy"))
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "accuracy"))
     args = parser.parse_args()
     runs, results = Path(args.runs), Path(args.results)
-    plan = ([(name, "generalist-d", overrides) for name, overrides in ABLATIONS.items()] if args.ablations
+    plan = ([(ABLATION_REFERENCE, "generalist-d", [])]
+            + [(name, "generalist-d", overrides) for name, overrides in ABLATIONS.items()] if args.ablations
             else [(recipe, recipe, []) for recipe in args.recipes])
     jobs = [(name, recipe, seed, overrides) for seed in args.seeds for name, recipe, overrides in plan]
     log(f"{len(jobs)} runs: {', '.join(sorted({j[0] for j in jobs}))} x seeds {args.seeds}")
@@ -145,14 +193,7 @@ def main() -> None:
             except Exception as error:  # noqa: BLE001 - one failed run must not stop the others
                 failures.append(f"{job[0]}-seed{job[2]}: {error}")
                 log(f"FAILED {failures[-1]}")
-    tag = eval_tag(args.autoattack)
-    finished = [runs / f"{n}-seed{s}" for n, _, s, _ in jobs if (runs / f"{n}-seed{s}" / "eval" / tag / "eval.json").exists()]
-    if finished:
-        out = results / f"{'ablations' if args.ablations else 'main'}-{tag}"
-        relative = [os.path.relpath(p, REPO) for p in finished]  # the report names runs as given
-        subprocess.run([generalist(), "report", *relative, "--out", os.path.relpath(out, REPO), "--eval-folder", tag],
-                       check=False, cwd=REPO)
-        log(f"table of {len(finished)} evaluated runs: {out}")
+    write_study(runs, results, ablations=args.ablations, seeds=args.seeds)
     if failures:
         sys.exit(f"{len(failures)} runs failed:\n" + "\n".join(failures))
 

@@ -54,7 +54,7 @@ def test_unknown_recipe_suggests_close_names():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("learners.linf.attack.eps=0", "eps must be > 0"),
+    ("learners.linf.attack.eps=0", r"learners\.linf\.attack: attack eps must be > 0"),  # named as overrides spell it
     ("learners.linf.attack.eps=-8/255", "eps must be > 0"),
     ("learners.linf.lr=0", "lr must be > 0"),
     ("learners.linf.lr=-0.1", "lr must be > 0"),

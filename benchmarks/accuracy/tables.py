@@ -1,0 +1,170 @@
+"""The study's own tables and plot, built from run folders: the per-point worst case over every evaluation.
+
+A run may be evaluated more than once (PGD-20 on three threats in `eval/aa-none/`, standard AutoAttack on
+Linf alone in `eval/aa-standard-Linf/`, ...). `generalist report` shows one evaluation at a time; here the
+evaluations of a run are combined point by point: a test point is robust under a threat only if it survived
+every attack that any evaluation ran under that threat, and robust in the union only if it is robust under
+every threat. That is the number AutoAttack's authors ask for (the worst case over attacks), and it is
+never higher than any single evaluation's.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+THREATS = ("Linf", "L2", "L1")
+GENERALIST = ("generalist-d", "generalist-mn", "generalist-t")
+
+
+@dataclass
+class Combined:
+    """One run's evaluations, combined per point."""
+
+    name: str  # NAME of runs/NAME-seedS
+    seed: int
+    n: int
+    clean: float  # percent
+    robust: dict[str, float] = field(default_factory=dict)  # threat or "union" -> percent
+    attacks: dict[str, str] = field(default_factory=dict)  # threat -> "AA + PGD-20" or "PGD-20"
+    train_seconds: float | None = None
+    syncs: int | None = None
+    sync_seconds: float | None = None
+
+
+def combine_run(run_dir: Path, name: str, seed: int) -> Combined | None:
+    """None when the run has no evaluation with per-point results yet."""
+    evals = sorted((run_dir / "eval").glob("*/points.parquet"))
+    if not evals:
+        return None
+    robust: dict[str, dict[int, bool]] = defaultdict(dict)
+    clean: dict[int, bool] = {}
+    attacks: dict[str, set[str]] = defaultdict(set)
+    for points in evals:
+        record = json.loads((points.parent / "eval.json").read_text())
+        rows = [r for r in pq.read_table(points).to_pylist() if r["model"] == "global"]
+        for norm, entry in record["threats"].items():
+            attacks[norm].add("PGD-20")
+            if entry.get("autoattack_acc") is not None:
+                attacks[norm].add("AA")
+            for row in rows:
+                robust[norm][row["index"]] = robust[norm].get(row["index"], True) and row[f"{norm}_robust"]
+        for row in rows:
+            clean[row["index"]] = row["clean_correct"]
+    shared = set(clean)
+    for flags in robust.values():
+        shared &= set(flags)  # only points every threat was run on
+    n = len(shared)
+    out = Combined(name=name, seed=seed, n=n, clean=100 * sum(clean[i] for i in shared) / n)
+    for norm in [t for t in THREATS if t in robust]:
+        out.robust[norm] = 100 * sum(robust[norm][i] for i in shared) / n
+        out.attacks[norm] = " + ".join(sorted(attacks[norm]))
+    out.robust["union"] = 100 * sum(all(robust[t][i] for t in robust) for i in shared) / n
+    summary = run_dir / "final" / "summary.json"
+    if summary.exists():
+        out.train_seconds = json.loads(summary.read_text()).get("train_seconds_this_session")
+    rounds = run_dir / "metrics" / "rounds.parquet"
+    if rounds.exists():
+        per_step = {r["global_step"]: r["sync_seconds"] or 0.0
+                    for r in pq.read_table(rounds, columns=["global_step", "sync_seconds"]).to_pylist()}
+        out.syncs, out.sync_seconds = len(per_step), sum(per_step.values())
+    return out
+
+
+def fmt(values: list[float], digits: int = 2) -> str:
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    return f"{mean:.{digits}f}" if len(values) == 1 else f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def group(runs: list[Combined]) -> dict[str, list[Combined]]:
+    groups: dict[str, list[Combined]] = defaultdict(list)
+    for run in runs:
+        groups[run.name].append(run)
+    return groups
+
+
+def _attack_label(runs: list[Combined], norm: str) -> str:
+    labels = {r.attacks.get(norm, "-") for r in runs}
+    return labels.pop() if len(labels) == 1 else "mixed: " + ", ".join(sorted(labels))
+
+
+def accuracy_table(runs: list[Combined]) -> str:
+    """Mean ± std over seeds of clean, per-threat and union accuracy; the attacks behind each threat column."""
+    threats = [t for t in THREATS if any(t in r.robust for r in runs)]
+    head = ["run", "seeds", "points", "clean", *threats, "union", "attacks per threat"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, members in group(runs).items():
+        cells = [name, ",".join(str(r.seed) for r in members), ",".join(sorted({str(r.n) for r in members})),
+                 fmt([r.clean for r in members])]
+        cells += [fmt([r.robust[t] for r in members if t in r.robust]) for t in threats]
+        cells.append(fmt([r.robust["union"] for r in members]))
+        cells.append("; ".join(f"{t}: {_attack_label(members, t)}" for t in threats))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ablation_table(runs: list[Combined], changes: dict[str, str]) -> str:
+    """accuracy_table's numbers plus what each variant changed and what it cost in time."""
+    head = ["variant", "change", "seeds", "clean", "Linf", "L2", "union", "syncs", "sync s (total)", "train s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, members in group(runs).items():
+        cells = [name, changes.get(name, ""), ",".join(str(r.seed) for r in members), fmt([r.clean for r in members]),
+                 fmt([r.robust["Linf"] for r in members if "Linf" in r.robust]),
+                 fmt([r.robust["L2"] for r in members if "L2" in r.robust]),
+                 fmt([r.robust["union"] for r in members]),
+                 fmt([r.syncs for r in members if r.syncs is not None], 0),
+                 fmt([r.sync_seconds for r in members if r.sync_seconds is not None], 1),
+                 fmt([r.train_seconds for r in members if r.train_seconds is not None], 0)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_tradeoff(runs: list[Combined], path: Path, panels: list[str], title: str,
+                  off_plot: tuple[str, ...] = ()) -> Path:
+    """Clean vs robust accuracy per run name, mean ± std over seeds; Generalist variants are stars.
+
+    Runs named in `off_plot` (natural training, far from the others) are left out so that the robust methods,
+    which sit within a few points of each other, can be told apart; their numbers go in a note instead."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = group(runs)
+    notes = [f"{name} (off the plot): clean {statistics.fmean(r.clean for r in members):.1f}, "
+             + ", ".join(f"{n} {statistics.fmean(r.robust[n] for r in members):.1f}" for n in panels)
+             for name, members in groups.items() if name in off_plot]
+    groups = {name: members for name, members in groups.items() if name not in off_plot}
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels) + 2.2, 4.8), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, norm in zip(axes[0], panels):
+        for i, (name, members) in enumerate(groups.items()):
+            xs = [r.robust[norm] for r in members if norm in r.robust]
+            if not xs:
+                continue
+            ys = [r.clean for r in members]
+            x, y = statistics.fmean(xs), statistics.fmean(ys)
+            star = name in GENERALIST or name.startswith("d-")
+            ax.errorbar(x, y, xerr=statistics.stdev(xs) if len(xs) > 1 else None,
+                        yerr=statistics.stdev(ys) if len(ys) > 1 else None, fmt="*" if star else "o",
+                        ms=13 if star else 8, color=cmap(i % 10), capsize=3, lw=1, label=name)
+        label = _attack_label([r for m in groups.values() for r in m], norm) if norm != "union" else "worst case"
+        ax.set_xlabel(f"{norm} robust accuracy (%)  [{label}]")
+        ax.set_ylabel("clean accuracy (%)")
+        ax.set_title(norm, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.margins(0.12)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=9, frameon=False)
+    fig.suptitle(title + ("\n" + "; ".join(notes) if notes else ""), fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1 - 2.0 / fig.get_figwidth(), 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,72 @@
+"""The study's tables combine a run's evaluations point by point (benchmarks/accuracy/tables.py).
+
+A point is robust under a threat only if every evaluation that ran that threat left it robust, and in the
+union only if it is robust under every threat; an evaluation can only lower a number, never raise it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TABLES = Path(__file__).resolve().parents[2] / "benchmarks" / "accuracy" / "tables.py"
+
+
+def load_tables():
+    spec = importlib.util.spec_from_file_location("study_tables", TABLES)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_eval(folder: Path, clean: list[bool], robust: dict[str, list[bool]], autoattack: bool) -> None:
+    folder.mkdir(parents=True)
+    rows = {"index": list(range(len(clean))), "model": ["global"] * len(clean), "clean_correct": clean}
+    rows.update({f"{norm}_robust": flags for norm, flags in robust.items()})
+    pq.write_table(pa.table(rows), folder / "points.parquet")
+    threats = {norm: {"pgd_acc": "0", **({"autoattack_acc": "0"} if autoattack else {})} for norm in robust}
+    (folder / "eval.json").write_text(json.dumps({"threats": threats}))
+
+
+def test_worst_case_over_evaluations_and_union(tmp_path):
+    tables = load_tables()
+    run = tmp_path / "pgd-at-seed0"
+    clean = [True, True, True, True, False]
+    # PGD on two threats: points 0-2 survive Linf, points 0, 1, 3 survive L2.
+    write_eval(run / "eval" / "aa-none", clean,
+               {"Linf": [True, True, True, False, False], "L2": [True, True, False, True, False]}, autoattack=False)
+    # AutoAttack on Linf alone breaks point 1 as well, and "keeps" point 3, which PGD had already broken.
+    write_eval(run / "eval" / "aa-standard-Linf", clean,
+               {"Linf": [True, False, True, True, False]}, autoattack=True)
+
+    combined = tables.combine_run(run, "pgd-at", 0)
+
+    assert combined.n == 5
+    assert combined.clean == 80.0
+    assert combined.robust["Linf"] == 40.0  # points 0 and 2: the worst case, not the last evaluation
+    assert combined.robust["L2"] == 60.0
+    assert combined.robust["union"] == 20.0  # point 0 alone survives everything
+    assert combined.attacks == {"Linf": "AA + PGD-20", "L2": "PGD-20"}
+
+
+def test_table_is_mean_and_std_over_seeds(tmp_path):
+    tables = load_tables()
+    runs = []
+    for seed, flags in enumerate([[True, True, False, False], [True, False, False, False]]):
+        run = tmp_path / f"avg-seed{seed}"
+        write_eval(run / "eval" / "aa-none", [True] * 4, {"Linf": flags}, autoattack=False)
+        runs.append(tables.combine_run(run, "avg", seed))
+
+    table = tables.accuracy_table(runs)
+
+    row = next(line for line in table.splitlines() if line.startswith("| avg"))
+    assert "| 0,1 | 4 | 100.00 ± 0.00 | 37.50 ± 17.68 | 37.50 ± 17.68 |" in row
+
+
+def test_run_without_evaluation_is_left_out(tmp_path):
+    assert load_tables().combine_run(tmp_path / "natural-seed0", "natural", 0) is None
