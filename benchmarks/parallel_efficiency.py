@@ -4,8 +4,8 @@ Claim measured: running the K base learners as K Ray actors (one core each on a 
 over the slowest learner alone: efficiency = rate(K-learner Ray run) / rate(slowest learner alone), goal
 >= 0.95 (issue "Ray runtime"). The in-process backend, which trains the learners one after another as the
 authors' code does, is measured for comparison. Rates are optimiser steps per second of the whole run
-(every learner takes one step per step), measured from the `rounds` metrics over the steady part of an
-epoch (the first round and the epoch-end evaluation are excluded). One run each; hardware is printed.
+(every learner takes one step per step), measured from the `rounds` metrics (training and sync time of
+every round) over the steady part of an epoch (the first round and the epoch-end evaluation are excluded). One run each; hardware is printed.
 
     python benchmarks/parallel_efficiency.py [--recipe generalist-d-small] [--steps 120] [--sync-every 10]
 """
@@ -45,16 +45,22 @@ def alone_rate(config, index: int, steps: int) -> float:
 def run_rate(config, run_dir: Path) -> float:
     """Steps/s of a whole run from its rounds table, skipping the epoch's first round (warm-up).
 
-    A round lasts as long as its slowest learner when learners run in parallel (Ray), and as long as all
-    of them together when they run one after another (in-process)."""
+    A round's wall time is its training plus its sync. In parallel (Ray) every learner's round ends at the
+    same barrier, so it is the slowest learner's `seconds + sync_seconds` (sync_seconds includes the wait
+    for the others); one after another (in-process) it is the learners' `seconds` summed, plus the sync."""
     train(config, run_dir, quiet=True)
     rows = [json.loads(line) for line in (run_dir / "metrics" / "rounds.jsonl").read_text().splitlines()]
-    combine = sum if config.runtime.backend == "local" else max
-    seconds: dict[int, list[float]] = {}
+    by_step: dict[int, list[dict]] = {}
     for row in rows:
-        seconds.setdefault(row["global_step"], []).append(row["seconds"])
-    steps = sorted(seconds)[1:]
-    return len(steps) * config.mixing.sync_every / sum(combine(seconds[s]) for s in steps)
+        by_step.setdefault(row["global_step"], []).append(row)
+
+    def wall(round_rows: list[dict]) -> float:
+        if config.runtime.backend == "local":
+            return sum(r["seconds"] for r in round_rows) + round_rows[0]["sync_seconds"]
+        return max(r["seconds"] + r["sync_seconds"] for r in round_rows)
+
+    steps = sorted(by_step)[1:]
+    return len(steps) * config.mixing.sync_every / sum(wall(by_step[s]) for s in steps)
 
 
 def run_wall_rate(config, run_dir: Path) -> tuple[float, float]:

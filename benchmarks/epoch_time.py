@@ -1,0 +1,124 @@
+"""Time per training epoch of a recipe at its own scale (paper scale by default), from timed steps.
+
+Claim: for each recipe, the seconds one optimiser step of each base learner takes on this device, the
+seconds of one global-learner sync (the interpolation of the K EMAs, done every `sync_every` steps in the
+mixing phase), and what they make per epoch:
+- `one device`: the learners take turns on one device (the in-process backend), so an epoch costs the sum
+  of their steps (+ one sync per step in the mixing phase at sync_every = 1);
+- `device per learner`: each learner on its own device (the Ray backend's shape), so an epoch costs the
+  slowest learner's steps (+ the sync; the Ray transfer of the states is not in this number:
+  benchmarks/sync_overhead.py measures it).
+Epoch figures are `steps_per_epoch x median step time`, an estimate from `--steps` timed steps after
+`--warmup` untimed ones on real CIFAR-10 batches, not a timed epoch; validation is not included.
+
+Method: the recipe's config (model, batch, attacks, optimiser) and the framework's own Learner.run_steps, one
+step per call (each call ends with a host sync, so CUDA time is counted), the GlobalLearner's sync on the
+learners' EMA states. One process; the learners run one after another.
+
+    GENERALIST_DATA=/path/to/data python benchmarks/epoch_time.py --recipes pgd-at generalist-d --device cuda
+    python benchmarks/epoch_time.py --recipes pgd-at-small generalist-d-small --steps 20   # CPU scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from generalist.config import apply_overrides
+from generalist.learner import Learner
+from generalist.mixing import GlobalLearner
+from generalist.recipes import get_recipe
+from generalist.repro import resolve_device, set_determinism
+from generalist.training import prepare_run_data
+
+
+def median_seconds(call, n: int) -> float:
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def time_recipe(recipe: str, device_name: str, steps: int, warmup: int, threads: int, overrides: list[str]) -> dict:
+    config = apply_overrides(get_recipe(recipe), ["runtime.backend=local", f"runtime.device={device_name}",
+                                                  f"runtime.threads_per_learner={threads}", *overrides])
+    set_determinism(config.runtime.deterministic, config.runtime.threads)
+    device = resolve_device(config.runtime.device)
+    data = prepare_run_data(config)
+    spe = data.stream.steps_per_epoch
+    learners = [Learner(config, k, data.initial_state, data.stream, data.model_kwargs, device)
+                for k in range(len(config.learners))]
+    step_seconds = {}
+    for learner in learners:
+        position = iter(range(10**9))
+        for _ in range(warmup):
+            learner.run_steps(1, next(position) % spe, 1)
+        step_seconds[learner.name] = median_seconds(lambda: learner.run_steps(1, next(position) % spe, 1), steps)
+    sync_seconds = None
+    if len(learners) > 1:
+        global_learner = GlobalLearner(config, {k: v.to(device) for k, v in data.initial_state.items()})
+        last_epoch = config.schedule.epochs  # a mixing epoch: every learner's weight is live
+
+        def sync():
+            global_learner.sync([learner.ema_state() for learner in learners], last_epoch, 1)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+
+        for _ in range(warmup):
+            sync()
+        sync_seconds = median_seconds(sync, steps)
+    return {"recipe": recipe, "model": config.model.name, "batch": config.data.batch_size, "steps_per_epoch": spe,
+            "step_seconds": step_seconds, "sync_seconds": sync_seconds, "device": str(device)}
+
+
+def describe_device(device_name: str) -> str:
+    if device_name.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device_name))
+    return f"CPU ({platform.machine()}, {os.cpu_count()} CPUs)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipes", nargs="+", default=["pgd-at", "generalist-d"])
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per learner (median reported)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1)))
+    parser.add_argument("overrides", nargs="*", help="config overrides for every recipe, e.g. data.batch_size=256")
+    args = parser.parse_args()
+    results = [time_recipe(r, args.device, args.steps, args.warmup, args.threads, args.overrides) for r in args.recipes]
+
+    device = results[0]["device"]
+    print(f"# epoch time from {args.steps} timed steps (median) after {args.warmup} warm-up, per learner; "
+          f"{describe_device(device)}; torch {torch.__version__}, {args.threads} CPU thread(s)")
+    if args.overrides:
+        print(f"# overrides: {' '.join(args.overrides)}")
+    print("| recipe | model | batch | learner | s / step | images / s | sync s | epoch s, one device | "
+          "epoch s, device per learner |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        steps = r["step_seconds"]
+        sync = r["sync_seconds"] or 0.0
+        spe = r["steps_per_epoch"]
+        one_device = spe * (sum(steps.values()) + sync)
+        per_learner = spe * (max(steps.values()) + sync)
+        for i, (name, seconds) in enumerate(steps.items()):
+            tail = (f"{r['sync_seconds']:.4f}" if r["sync_seconds"] is not None else "-",
+                    f"{one_device:.0f}", f"{per_learner:.0f}") if i == 0 else ("", "", "")
+            print(f"| {r['recipe'] if i == 0 else ''} | {r['model'] if i == 0 else ''} | "
+                  f"{r['batch'] if i == 0 else ''} | {name} | {seconds:.4f} | {r['batch'] / seconds:.0f} | "
+                  + " | ".join(tail) + " |")
+    print(f"# epoch s = steps per epoch ({', '.join(str(r['steps_per_epoch']) for r in results)}) x (step time "
+          "summed over learners, or of the slowest learner, + one sync per step as in the mixing phase at "
+          "sync_every = 1); an estimate, validation excluded")
+
+
+if __name__ == "__main__":
+    main()
