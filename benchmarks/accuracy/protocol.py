@@ -123,8 +123,10 @@ def portable(text: str) -> str:
 def write_study(runs: Path, results: Path, ablations: bool, seeds: list[int]) -> None:
     """study.md / ablations.md and their trade-off plot, from every run folder evaluated so far."""
     names = [ABLATION_REFERENCE, *ABLATIONS] if ablations else RECIPES
+    # The ablations compare variants with one attack (PGD-20, eval/aa-none) even where a run also has AutoAttack.
+    only = (eval_tag("none", DEFAULT_THREATS),) if ablations else None
     combined = [c for name in names for seed in seeds
-                if (c := tables.combine_run(runs / f"{name}-seed{seed}", name, seed)) is not None]
+                if (c := tables.combine_run(runs / f"{name}-seed{seed}", name, seed, only)) is not None]
     if not combined:
         log("nothing evaluated yet: no table")
         return

@@ -37,9 +37,10 @@ class Combined:
     sync_seconds: float | None = None
 
 
-def combine_run(run_dir: Path, name: str, seed: int) -> Combined | None:
-    """None when the run has no evaluation with per-point results yet."""
-    evals = sorted((run_dir / "eval").glob("*/points.parquet"))
+def combine_run(run_dir: Path, name: str, seed: int, only: tuple[str, ...] | None = None) -> Combined | None:
+    """None when the run has no evaluation with per-point results yet. `only`: evaluation folders to use
+    (e.g. ("aa-none",) so that every run of a table is measured by the same attacks); default all."""
+    evals = sorted(p for p in (run_dir / "eval").glob("*/points.parquet") if only is None or p.parent.name in only)
     if not evals:
         return None
     robust: dict[str, dict[int, bool]] = defaultdict(dict)

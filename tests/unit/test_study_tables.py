@@ -52,6 +52,8 @@ def test_worst_case_over_evaluations_and_union(tmp_path):
     assert combined.robust["L2"] == 60.0
     assert combined.robust["union"] == 20.0  # point 0 alone survives everything
     assert combined.attacks == {"Linf": "AA + PGD-20", "L2": "PGD-20"}
+    pgd_only = tables.combine_run(run, "pgd-at", 0, only=("aa-none",))
+    assert pgd_only.robust == {"Linf": 60.0, "L2": 60.0, "union": 40.0}
 
 
 def test_table_is_mean_and_std_over_seeds(tmp_path):
