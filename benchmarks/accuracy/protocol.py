@@ -146,6 +146,10 @@ def write_study(runs: Path, results: Path, ablations: bool, seeds: list[int]) ->
                   "backend, one thread, another job on the second core).", "",
                   tables.ablation_table(combined, {ABLATION_REFERENCE: "none (sync_every=1, linf 0.4 / natural 0.6)",
                                                    **{k: " ".join(v) for k, v in ABLATIONS.items()}})]
+        same = tables.identical_groups(combined)
+        if same:
+            lines += ["", "Variants with identical numbers on every seed (the same computation; training is "
+                      "deterministic, so this doubles as a check): " + "; ".join(" = ".join(g) for g in same) + "."]
     else:
         lines.append(tables.accuracy_table(combined))
     plot = tables.plot_tradeoff(combined, results / f"{stem}-tradeoff.png",

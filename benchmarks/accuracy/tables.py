@@ -121,10 +121,20 @@ def ablation_table(runs: list[Combined], changes: dict[str, str]) -> str:
                  fmt([r.robust["L2"] for r in members if "L2" in r.robust]),
                  fmt([r.robust["union"] for r in members]),
                  fmt([r.syncs for r in members if r.syncs is not None], 0),
-                 fmt([r.sync_seconds for r in members if r.sync_seconds is not None], 1),
+                 fmt([r.sync_seconds for r in members if r.sync_seconds is not None], 2),
                  fmt([r.train_seconds for r in members if r.train_seconds is not None], 0)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def identical_groups(runs: list[Combined]) -> list[list[str]]:
+    """Names whose runs gave exactly the same numbers seed by seed, e.g. sync_every=100 and once per epoch
+    when an epoch is shorter than 100 steps (every epoch end is a sync)."""
+    by_numbers: dict[tuple, list[str]] = defaultdict(list)
+    for name, members in group(runs).items():
+        key = tuple(sorted((r.seed, r.clean, tuple(sorted(r.robust.items()))) for r in members))
+        by_numbers[key].append(name)
+    return [names for names in by_numbers.values() if len(names) > 1]
 
 
 def plot_tradeoff(runs: list[Combined], path: Path, panels: list[str], title: str,

@@ -72,3 +72,14 @@ def test_table_is_mean_and_std_over_seeds(tmp_path):
 
 def test_run_without_evaluation_is_left_out(tmp_path):
     assert load_tables().combine_run(tmp_path / "natural-seed0", "natural", 0) is None
+
+
+def test_identical_variants_are_found(tmp_path):
+    tables = load_tables()
+    runs = []
+    for name, flags in [("d-sync100", [True, False]), ("d-sync-epoch", [True, False]), ("d-sync10", [True, True])]:
+        run = tmp_path / f"{name}-seed0"
+        write_eval(run / "eval" / "aa-none", [True, True], {"Linf": flags}, autoattack=False)
+        runs.append(tables.combine_run(run, name, 0))
+
+    assert tables.identical_groups(runs) == [["d-sync100", "d-sync-epoch"]]
