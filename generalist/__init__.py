@@ -7,7 +7,8 @@ Where things are (each module one concern; only `distributed/` knows Ray):
 - threat.py, attacks.py, losses.py, objectives.py, baselines.py: threat models, PGD, the training objectives.
 - learner.py: one base learner (its model, optimiser and objective), plain PyTorch.
 - mixing.py: the global learner, the interpolation schedule, redistribution.
-- training.py: the loop every backend runs; checkpoint.py, run_folder.py, storage.py, metrics.py: what it writes.
+- training.py: the loop every backend runs; checkpoint.py, run_folder.py, storage.py, metrics.py: what it writes;
+  remote_run.py: local mirrors of run folders on remote storage, for eval and report.
 - distributed/: the in-process backend and the Ray backend (learner actors, coordinator).
 - evaluate.py, autoattack_eval.py, report.py: PGD and AutoAttack evaluation, tables and plots.
 - cli.py, eval_cli.py: the `generalist` command; errors.py: the errors it reports in one line.

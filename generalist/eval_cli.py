@@ -18,7 +18,8 @@ def register(subparsers) -> None:
         "eval", help="clean, PGD and AutoAttack accuracy per threat and union; writes eval.json + points.parquet",
         description="Evaluate a run's global learner (or a base learner) on the test split: clean accuracy, "
                     "PGD-k and standard AutoAttack per threat, per-point worst case and union accuracy.")
-    ev.add_argument("source", help="a run folder, a checkpoint folder, or a .pt state_dict (then --arch, --dataset)")
+    ev.add_argument("source", help="a run folder (a local path or a URI such as s3://bucket/run), a checkpoint "
+                                   "folder, or a .pt state_dict (then --arch, --dataset)")
     ev.add_argument("--learner", default="global",
                     help="global (default), a base learner's name, or all (global and every learner)")
     ev.add_argument("--checkpoint", default="auto", choices=["auto", "final", "last", "best"],
@@ -44,7 +45,8 @@ def register(subparsers) -> None:
                          "attacks such as apgd-ce,square (a custom, non-standard evaluation)")
     ev.add_argument("--aa-option", action="append", default=[], metavar="ATTACK.ATTR=VALUE",
                     help="tune pyautoattack (non-standard), e.g. apgd.n_iter=10, square.n_queries=100")
-    ev.add_argument("--out", help="output folder (default: RUN/eval/LEARNER, or eval-NAME beside a bare .pt)")
+    ev.add_argument("--out", help="output folder, a local path or a URI (default: RUN/eval/LEARNER, or eval-NAME "
+                                  "beside a bare .pt)")
     ev.add_argument("--fresh", action="store_true", help="discard finished blocks of an earlier identical run")
     ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ev.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's default)")
@@ -58,7 +60,7 @@ def register(subparsers) -> None:
         "report", help="Markdown table (mean +- std over seeds per recipe) and PNG plots of runs",
         description="Summarise run folders: a Markdown table grouped by recipe, the clean/robust trade-off "
                     "and training curves as PNG.")
-    rp.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
+    rp.add_argument("runs", nargs="+", metavar="RUN", help="run folders (local paths or URIs such as s3://bucket/run)")
     rp.add_argument("--out", default="report", help="output folder (default: ./report)")
     rp.add_argument("--eval-folder", default="*",
                     help="which RUN/eval/NAME folders to read (a glob; default all, the last by name winning)")
@@ -102,6 +104,8 @@ def run_eval(args) -> int:
     if args.shards < 1:
         raise ConfigError(f"--shards must be >= 1, got {args.shards}")
     device = resolve_device(args.device)
+    remote = _Remote(args)  # a URI source or --out: read and write through local mirrors
+    args.source, args.out = remote.local_source, remote.local_out
     first = load_model(args.source, learner="global" if args.learner == "all" else args.learner,
                        checkpoint=args.checkpoint, weights=args.weights, architecture=args.arch,
                        dataset=args.dataset)
@@ -118,13 +122,50 @@ def run_eval(args) -> int:
         out = _out_dir(args, source)
         record = evaluate_source(source, test, spec, out=out, device=device, fresh=args.fresh, shards=args.shards,
                                  address=args.address, quiet=args.quiet)
+        written = remote.publish(out, record)
         if not args.quiet:
             from generalist.evaluate import format_summary
 
             print(format_summary(record))
-        print(f"wrote {out / 'eval.json'} and {out / 'points.parquet'} "
-              f"({record['eval']['seconds']:.0f} s)", flush=True)
+        print(f"wrote {written}/eval.json and {written}/points.parquet ({record['eval']['seconds']:.0f} s)",
+              flush=True)
     return 0
+
+
+class _Remote:
+    """What `generalist eval` does for a run folder or an --out given as a URI: it reads the run from a local
+    mirror, evaluates into the mirror (or a local staging folder for --out), and copies the evaluation
+    folder back to the store, with the recorded paths pointing at the URI."""
+
+    def __init__(self, args):
+        from generalist import remote_run
+        from generalist.storage import is_uri
+
+        self.source_uri = args.source if is_uri(args.source) else None
+        self.out_uri = args.out if args.out and is_uri(args.out) else None
+        self.local_source = str(remote_run.fetch(args.source, remote_run.skip_for_eval)) if self.source_uri \
+            else args.source
+        self.local_out = str(remote_run.mirror_path(args.out)) if self.out_uri else args.out
+
+    def publish(self, out: Path, record: dict) -> str:
+        """Copy `out` to the store when it belongs there; returns where the evaluation now is."""
+        from generalist import remote_run
+        from generalist.checkpoint import write_json_atomic
+
+        if self.out_uri:
+            target = self.out_uri.rstrip("/") + str(out)[len(self.local_out):]
+        elif self.source_uri and str(out).startswith(self.local_source):
+            target = self.source_uri.rstrip("/") + str(out)[len(self.local_source):]
+        else:
+            return str(out)
+        if self.source_uri:  # say where the model came from, not where this machine kept its copy
+            for key in ("checkpoint", "run_dir"):
+                value = record.get("model", {}).get(key)
+                if isinstance(value, str) and value.startswith(self.local_source):
+                    record["model"][key] = self.source_uri.rstrip("/") + value[len(self.local_source):]
+            write_json_atomic(out / "eval.json", record)
+        remote_run.upload(out, target)
+        return target
 
 
 def _out_dir(args, source) -> Path:
@@ -180,9 +221,12 @@ def evaluate_source(source, test, spec, *, out: Path, device, fresh: bool = Fals
 
 
 def run_report(args) -> int:
+    from generalist import remote_run
     from generalist.report import write_report
+    from generalist.storage import is_uri
 
-    written = write_report([Path(r) for r in args.runs], Path(args.out), args.eval_folder)
+    local = [remote_run.fetch(r, remote_run.skip_for_report) if is_uri(r) else Path(r) for r in args.runs]
+    written = write_report(local, Path(args.out), args.eval_folder, shown=list(args.runs))
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -36,6 +36,7 @@ class RunSummary:
     evals: dict[str, dict] = field(default_factory=dict)  # model -> eval.json
     epoch_rows: list[dict] = field(default_factory=list)
     round_rows: list[dict] = field(default_factory=list)
+    shown: str = ""  # how the user named the run, where that is not `path` (a URI read through a local mirror)
 
     def last_validation(self) -> dict[str, dict]:
         """model -> the validation row of the last evaluated epoch."""
@@ -409,9 +410,14 @@ def _variant_note(run: RunSummary, runs: list[RunSummary]) -> str:
 # --- the whole report ------------------------------------------------------------------------------------
 
 
-def write_report(run_paths: list[Path], out: Path, eval_folder: str = "*") -> list[Path]:
-    """report.md, tradeoff.png and curves-RUN.png (one per run with metrics) in `out`; returns the files."""
+def write_report(run_paths: list[Path], out: Path, eval_folder: str = "*",
+                 shown: list[str] | None = None) -> list[Path]:
+    """report.md, tradeoff.png and curves-RUN.png (one per run with metrics) in `out`; returns the files.
+
+    `shown`: the runs as the user named them, where that differs from the folders read (remote runs)."""
     runs = [load_run(p, eval_folder) for p in run_paths]
+    for run, name in zip(runs, shown or []):
+        run.shown = name
     assign_groups(runs)
     names = [r.name for r in runs]
     if len(set(names)) != len(names):  # curves-NAME.png must not overwrite each other
@@ -424,7 +430,7 @@ def write_report(run_paths: list[Path], out: Path, eval_folder: str = "*") -> li
             written.append(plot_curves(run, out / f"curves-{run.name}.png"))
     lines = ["# Report", "",
              "Runs (a group is a recipe; runs whose configs differ only in the seed are its seeds):", "",
-             *[f"- `{r.path}`: {r.group}, seed {r.seed}" + _variant_note(r, runs) for r in runs], "",
+             *[f"- `{r.shown or r.path}`: {r.group}, seed {r.seed}" + _variant_note(r, runs) for r in runs], "",
              "## Test set (eval.json)", "",
              ("Accuracy in %, mean ± std over seeds (sample std; one seed shows the mean only). Each threat "
               "column is AutoAttack accuracy (PGD where AutoAttack was not run); union counts a point only if no "

@@ -181,6 +181,11 @@ class Location:
             self.fs.delete_file(self.path)
 
 
+def is_uri(where: str | os.PathLike | Location) -> bool:
+    """True for a URI such as s3://bucket/x or file:///x (read through pyarrow), False for a plain path."""
+    return isinstance(where, str) and _SCHEME.match(where) is not None
+
+
 def locate(where: str | os.PathLike | Location) -> Location:
     """A run location from a plain path or a URI that pyarrow understands; RunFolderError if it cannot be used.
 
@@ -189,8 +194,7 @@ def locate(where: str | os.PathLike | Location) -> Location:
     if isinstance(where, Location):
         return where
     text = os.fspath(where)
-    match = _SCHEME.match(text) if isinstance(text, str) else None
-    if match is None:
+    if not is_uri(text):
         return Location(pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(text)), native=True,
                         shown=text if isinstance(text, str) else os.fsdecode(text))
     try:

@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "generalist.models": 2, "generalist.attacks": 2, "generalist.losses": 2, "generalist.data": 2,
     "generalist.objectives": 2, "generalist.baselines": 2, "generalist.autoattack_eval": 2, "generalist.repro": 2,
     "generalist.storage": 2,  # local paths and pyarrow filesystems (data may read remote stores too)
+    "generalist.remote_run": 2,  # local mirrors of remote run folders, for eval and report
     # one learner, the mixing rule, evaluation, checkpoints; the training loop and run folder built on them
     "generalist.learner": 3, "generalist.mixing": 3, "generalist.evaluate": 3, "generalist.checkpoint": 3,
     "generalist.training": 3, "generalist.run_folder": 3, "generalist.metrics": 3, "generalist.report": 3,
