@@ -5,9 +5,13 @@ over the slowest learner alone: efficiency = rate(K-learner Ray run) / rate(slow
 >= 0.95 (issue "Ray runtime"). The in-process backend, which trains the learners one after another as the
 authors' code does, is measured for comparison. Rates are optimiser steps per second of the whole run
 (every learner takes one step per step), measured from the `rounds` metrics (training and sync time of
-every round) over the steady part of an epoch (the first round and the epoch-end evaluation are excluded). One run each; hardware is printed.
+every round) over the steady part of an epoch (the first round and the epoch-end evaluation are excluded).
+Every configuration is measured --repeats times, interleaved in rotating order, and each repeat's
+efficiency is taken against the slowest learner's "alone" rate of the same repeat; medians and ranges are
+printed with the hardware.
 
     python benchmarks/parallel_efficiency.py [--recipe generalist-d-small] [--steps 120] [--sync-every 10]
+                                             [--repeats 3]
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -69,11 +74,20 @@ def run_wall_rate(config, run_dir: Path) -> tuple[float, float]:
     return rate, time.perf_counter() - start
 
 
+def spread(values: list[float], digits: int = 2) -> str:
+    """median (min-max) of repeated measurements."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--recipe", default="generalist-d-small")
     parser.add_argument("--steps", type=int, default=120, help="optimiser steps of the measured epoch")
     parser.add_argument("--sync-every", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="measurements of every configuration, interleaved in rotating order")
     args = parser.parse_args()
     batch = 128
     base = apply_overrides(get_recipe(args.recipe), [
@@ -81,20 +95,38 @@ def main() -> None:
         "eval.n_examples=0", f"mixing.sync_every={args.sync_every}", "runtime.threads_per_learner=1",
         "runtime.cpus_per_learner=1"])
     k = len(base.learners)
+    names = [learner.name for learner in base.learners]
     print(f"# parallel_efficiency: {args.recipe}, K={k}, {args.steps} steps of batch {batch}, "
           f"sync_every={args.sync_every}; {platform.machine()} {os.cpu_count()} CPUs, 1 thread per learner, "
-          f"torch {torch.__version__}")
-    alone = {base.learners[i].name: alone_rate(base, i, min(args.steps, 40)) for i in range(k)}
-    slowest = min(alone.values())
+          f"torch {torch.__version__}; {args.repeats} repeats, median (min-max)")
+    rates: dict[str, list[float]] = {name: [] for name in [*names, "ray", "local"]}
+    walls: dict[str, list[float]] = {"ray": [], "local": []}
+    efficiency: dict[str, list[float]] = {"ray": [], "local": []}
+    sides = ["alone", "ray", "local"]
     with tempfile.TemporaryDirectory() as tmp:
-        ray_rate, ray_wall = run_wall_rate(apply_overrides(base, ["runtime.backend=ray"]), Path(tmp) / "ray")
-        local_rate, local_wall = run_wall_rate(apply_overrides(base, ["runtime.backend=local"]), Path(tmp) / "local")
-    print("| configuration | steps/s | efficiency vs slowest alone | wall incl. start-up (s) |")
+        for repeat in range(args.repeats):
+            for side in sides[repeat % 3:] + sides[:repeat % 3]:  # a change of machine load hits every side
+                if side == "alone":
+                    for i, name in enumerate(names):
+                        rates[name].append(alone_rate(base, i, min(args.steps, 40)))
+                else:
+                    rate, wall = run_wall_rate(apply_overrides(base, [f"runtime.backend={side}"]),
+                                               Path(tmp) / f"{side}-{repeat}")
+                    rates[side].append(rate)
+                    walls[side].append(wall)
+            slowest = min(rates[name][-1] for name in names)
+            for side in ("ray", "local"):
+                efficiency[side].append(rates[side][-1] / slowest)
+    slowest_name = min(names, key=lambda n: statistics.median(rates[n]))
+    print("| configuration | steps/s | efficiency vs slowest alone (same repeat) | wall incl. start-up (s) |")
     print("|---|---|---|---|")
-    for name, rate in alone.items():
-        print(f"| learner `{name}` alone | {rate:.2f} | {rate / slowest:.3f} | |")
-    print(f"| Ray backend, {k} actors | {ray_rate:.2f} | **{ray_rate / slowest:.3f}** | {ray_wall:.0f} |")
-    print(f"| in-process backend (sequential) | {local_rate:.2f} | {local_rate / slowest:.3f} | {local_wall:.0f} |")
+    for name in names:
+        ratio = [r / s for r, s in zip(rates[name], rates[slowest_name])]
+        print(f"| learner `{name}` alone | {spread(rates[name])} | {spread(ratio, 3)} | |")
+    print(f"| Ray backend, {k} actors | {spread(rates['ray'])} | **{spread(efficiency['ray'], 3)}** | "
+          f"{spread(walls['ray'], 0)} |")
+    print(f"| in-process backend (sequential) | {spread(rates['local'])} | {spread(efficiency['local'], 3)} | "
+          f"{spread(walls['local'], 0)} |")
 
 
 if __name__ == "__main__":
