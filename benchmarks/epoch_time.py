@@ -22,6 +22,7 @@ learners' EMA states. One process; the learners run one after another.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import statistics
@@ -57,10 +58,14 @@ def time_recipe(recipe: str, device_name: str, steps: int, warmup: int, threads:
                 for k in range(len(config.learners))]
     step_seconds = {}
     for learner in learners:
-        position = iter(range(10**9))
-        for _ in range(warmup):
+        position = itertools.count()  # successive steps of epoch 1, wrapping around
+
+        def step(learner=learner, position=position):
             learner.run_steps(1, next(position) % spe, 1)
-        step_seconds[learner.name] = median_seconds(lambda: learner.run_steps(1, next(position) % spe, 1), steps)
+
+        for _ in range(warmup):
+            step()
+        step_seconds[learner.name] = median_seconds(step, steps)
     sync_seconds = None
     if len(learners) > 1:
         global_learner = GlobalLearner(config, {k: v.to(device) for k, v in data.initial_state.items()})

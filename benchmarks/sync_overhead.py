@@ -26,6 +26,7 @@ import torch  # noqa: E402
 from generalist.config import apply_overrides  # noqa: E402
 from generalist.distributed.coordinator import Coordinator  # noqa: E402
 from generalist.distributed.flat_state import FlatLayout  # noqa: E402
+from generalist.mixing import flat_clone  # noqa: E402
 from generalist.models import build_model  # noqa: E402
 from generalist.recipes import get_recipe  # noqa: E402
 
@@ -39,7 +40,7 @@ class FakeLearner:
         self.rank = rank
         self.live = build_model(model_name, num_classes=10, in_channels=3, mean=(0.5,) * 3,
                                 std=(0.25,) * 3).state_dict()
-        self.ema = {k: v.clone() for k, v in self.live.items()}
+        self.ema = flat_clone(self.live)  # laid out as a Learner's EMA is
         self.layout = FlatLayout(self.ema)
 
     def round(self, coordinator, epoch: int) -> float:

@@ -11,7 +11,7 @@ import torch
 from generalist.config import RunConfig
 from generalist.data import TrainStream, derive_seed
 from generalist.errors import TrainingDiverged
-from generalist.mixing import StateDict, clone_state, ema_decay, ema_update_, lr_factor
+from generalist.mixing import StateDict, clone_state, ema_decay, ema_update_, flat_clone, lr_factor
 from generalist.models import build_model
 from generalist.objectives import objective_loss
 
@@ -61,7 +61,7 @@ class Learner:
         self.model.train()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.spec.lr, momentum=self.spec.momentum,
                                          weight_decay=self.spec.weight_decay, nesterov=self.spec.nesterov)
-        self.ema = clone_state(self.model.state_dict())
+        self.ema = flat_clone(self.model.state_dict())  # one buffer: a sync sends it without packing
         self.ema_steps = 0
         self.steps_done = 0
         self.generator = torch.Generator(device=device)

@@ -122,6 +122,22 @@ def clone_state(state: StateDict) -> StateDict:
     return {name: t.detach().clone() for name, t in state.items()}
 
 
+def flat_clone(state: StateDict) -> StateDict:
+    """A copy of `state` whose floating tensors are views into one contiguous buffer, in state order.
+
+    The same values as clone_state; the layout lets a sync hand the whole state on as one array without
+    packing it first (generalist.distributed.flat_state). States with more than one floating dtype get
+    clone_state's layout."""
+    floating = [t for t in state.values() if t.is_floating_point()]
+    if not floating or len({t.dtype for t in floating}) > 1:
+        return clone_state(state)
+    with torch.no_grad():
+        buffer = torch.cat([t.detach().reshape(-1) for t in floating])
+    views = iter(buffer.split([t.numel() for t in floating]))
+    return {name: next(views).view(t.shape) if t.is_floating_point() else t.detach().clone()
+            for name, t in state.items()}
+
+
 class GlobalLearner:
     """The global model E_G: an EMA of the interpolation of the learners' EMAs.
 

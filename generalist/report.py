@@ -136,11 +136,12 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
     return mean, (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def fmt(values: list[float]) -> str:
+def fmt(values: list[float], digits: int = 2) -> str:
+    """mean ± std (the mean alone for one value, "-" for none)."""
     if not values:
         return "-"
     mean, std = mean_std(values)
-    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def _eval_threats(runs: list[RunSummary]) -> list[str]:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from generalist.report import fmt
+
 THREATS = ("Linf", "L2", "L1")
 GENERALIST = ("generalist-d", "generalist-mn", "generalist-t")
 
@@ -75,13 +77,6 @@ def combine_run(run_dir: Path, name: str, seed: int, only: tuple[str, ...] | Non
                     for r in pq.read_table(rounds, columns=["global_step", "sync_seconds"]).to_pylist()}
         out.syncs, out.sync_seconds = len(per_step), sum(per_step.values())
     return out
-
-
-def fmt(values: list[float], digits: int = 2) -> str:
-    if not values:
-        return "-"
-    mean = statistics.fmean(values)
-    return f"{mean:.{digits}f}" if len(values) == 1 else f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def group(runs: list[Combined]) -> dict[str, list[Combined]]:

@@ -105,6 +105,7 @@ class Coordinator:
         return [ray.put(self._packed())]
 
     def payload(self) -> dict:
+        # A snapshot: the reply is serialised after this returns, when a round may already be updating the state.
         return {"state": clone_state(self.global_learner.state), "ema_steps": self.global_learner.ema_steps}
 
     def report_rows(self, table: str, rows: list[dict]) -> None:

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import torch
 
-from generalist.mixing import StateDict
+from generalist.mixing import StateDict, flat_clone
 
 
 class FlatLayout:
@@ -30,10 +30,30 @@ class FlatLayout:
         self.order = list(state)
 
     def pack(self, state: StateDict) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
-        """(flat float buffer on the CPU, the integer buffers) of `state`."""
-        flat = torch.cat([state[n].detach().reshape(-1) for n in self.names]).cpu()
+        """(flat float buffer on the CPU, the integer buffers) of `state`.
+
+        A state built by mixing.flat_clone (a learner's EMA, the coordinator's global state) already is
+        that buffer: on the CPU it is handed on as it is, without a copy; any other state is concatenated."""
+        flat = self._whole_buffer(state)
+        if flat is None:
+            flat = torch.cat([state[n].detach().reshape(-1) for n in self.names])
         others = {n: t.detach().cpu() for n, t in state.items() if not t.is_floating_point()}
-        return flat.numpy(), others
+        return flat.detach().cpu().numpy(), others
+
+    def _whole_buffer(self, state: StateDict) -> torch.Tensor | None:
+        """The one contiguous buffer the floating tensors of `state` are views of, in layout order; else None."""
+        tensors = [state[n] for n in self.names]
+        if not tensors:
+            return None
+        storage, offset = tensors[0].untyped_storage(), 0
+        for tensor, size in zip(tensors, self.sizes):
+            if (tensor.untyped_storage().data_ptr() != storage.data_ptr() or tensor.storage_offset() != offset
+                    or not tensor.is_contiguous()):
+                return None
+            offset += size
+        if storage.nbytes() != offset * tensors[0].element_size():
+            return None
+        return torch.as_strided(tensors[0], (offset,), (1,), 0)
 
     def unpack(self, flat: np.ndarray, others: dict[str, torch.Tensor]) -> StateDict:
         """A state dict whose floating tensors are views into `flat` (no copy; read-only if flat is)."""
@@ -44,7 +64,6 @@ class FlatLayout:
         return {n: views[n] if n in views else others[n] for n in self.order}
 
     def writable_copy(self, state: StateDict) -> tuple[np.ndarray, StateDict]:
-        """A fresh flat buffer holding `state`, and a state dict of writable views into it."""
-        flat, others = self.pack(state)
-        flat = flat.copy()
-        return flat, self.unpack(flat, {n: t.clone() for n, t in others.items()})
+        """A fresh flat buffer holding `state` (on the CPU), and a state dict of writable views into it."""
+        copy = flat_clone({n: t.cpu() for n, t in state.items()})
+        return self.pack(copy)[0], copy
