@@ -60,7 +60,11 @@ def tensor_bytes(payload: dict) -> bytes:
 
 def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
+        tensor = obj.detach().cpu()
+        # A view into a packed state buffer (generalist.packed_state) is saved as a tensor of its own: the file
+        # then holds each tensor once, with its own dtype, not the whole buffer behind it.
+        whole = tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+        return tensor if whole and tensor.is_contiguous() else tensor.clone(memory_format=torch.contiguous_format)
     if isinstance(obj, dict):
         return {k: _to_cpu(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -11,9 +11,10 @@ import torch
 from generalist.config import RunConfig
 from generalist.data import TrainStream, derive_seed
 from generalist.errors import TrainingDiverged
-from generalist.mixing import StateDict, clone_state, ema_decay, ema_update_, flat_clone, lr_factor
+from generalist.mixing import StateDict, clone_state, ema_decay, lr_factor
 from generalist.models import build_model
 from generalist.objectives import objective_loss
+from generalist.packed_state import StateLayout
 
 
 def build_initial_state(config: RunConfig, num_classes: int, in_channels: int,
@@ -61,7 +62,16 @@ class Learner:
         self.model.train()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.spec.lr, momentum=self.spec.momentum,
                                          weight_decay=self.spec.weight_decay, nesterov=self.spec.nesterov)
-        self.ema = flat_clone(self.model.state_dict())  # one buffer: a sync sends it without packing
+        # The EMA lives in one packed buffer (a sync sends it as one message) and has a spare: the first
+        # update of a round writes into the spare, so the buffer a round ended with stays untouched through
+        # the next round while a collective reads it (no snapshot copy per sync).
+        live = self.model.state_dict()
+        self.ema_layout = StateLayout(live)
+        self._ema_buffers = [self.ema_layout.pack(live), self.ema_layout.pack(live)]
+        self._ema_views = [self.ema_layout.views(b) for b in self._ema_buffers]
+        self._ema_floats = [[v for v in views.values() if v.is_floating_point()] for views in self._ema_views]
+        self._ema_integers = [[v for v in views.values() if not v.is_floating_point()] for views in self._ema_views]
+        self._ema_current = 0
         self.ema_steps = 0
         self.steps_done = 0
         self.generator = torch.Generator(device=device)
@@ -81,13 +91,18 @@ class Learner:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         images = 0
         live = self.model.state_dict()
+        live_floats = [t for t in live.values() if t.is_floating_point()]
+        live_integers = [t for t in live.values() if not t.is_floating_point()]
+        first_update_of_round = True
         for step in range(first_step, first_step + n):
             x, y = self.stream.batch(epoch - 1, step, self.device)
             loss, logits = objective_loss(self.model, x, y, self.spec, self.generator, self.steps_done)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            ema_update_(self.ema, live, ema_decay(self.ema_steps, self.config.mixing.ema_max_decay))
+            decay = ema_decay(self.ema_steps, self.config.mixing.ema_max_decay)
+            self._update_ema(live_floats, live_integers, decay, into_spare=first_update_of_round)
+            first_update_of_round = False
             self.ema_steps += 1
             self.steps_done += 1
             loss_sum += loss.detach()
@@ -95,7 +110,7 @@ class Learner:
             images += len(y)
         # The loss of a step is computed before its update, so a finite loss can leave non-finite weights or
         # BN statistics behind; check the state too, in the same host sync, before it can be checkpointed.
-        finite = torch.stack([t.isfinite().all() for t in live.values() if t.is_floating_point()]).all()
+        finite = torch.stack([t.isfinite().all() for t in live_floats]).all()
         loss_total, finite = torch.stack([loss_sum, finite.to(loss_sum.dtype)]).tolist()
         mean_loss = loss_total / n
         if not (math.isfinite(mean_loss) and finite):
@@ -109,14 +124,36 @@ class Learner:
                           time.perf_counter() - start, images)
 
     @torch.no_grad()
+    def _update_ema(self, live_floats: list[torch.Tensor], live_integers: list[torch.Tensor], decay: float,
+                    into_spare: bool) -> None:
+        """ema <- decay * ema + (1 - decay) * live; integer buffers take live's. A few multi-tensor kernels
+        over the packed buffer, element for element the per-tensor `s.mul_(d); s.add_(v * (1 - d))`."""
+        source = self.ema_layout.floats(self._ema_buffers[self._ema_current])
+        if into_spare:
+            self._ema_current ^= 1
+            torch.mul(source, decay, out=self.ema_layout.floats(self._ema_buffers[self._ema_current]))
+        else:
+            source.mul_(decay)
+        torch._foreach_add_(self._ema_floats[self._ema_current], torch._foreach_mul(live_floats, 1 - decay))
+        for shadow, value in zip(self._ema_integers[self._ema_current], live_integers):
+            shadow.copy_(value)
+
+    @property
+    def ema(self) -> StateDict:
+        """The learner's EMA as a state dict (views into its current packed buffer)."""
+        return self._ema_views[self._ema_current]
+
+    @property
+    def ema_buffer(self) -> torch.Tensor:
+        """The packed EMA buffer the last round ended with; left untouched until the end of the next round."""
+        return self._ema_buffers[self._ema_current]
+
+    @torch.no_grad()
     def load_global_(self, state: StateDict) -> None:
         """Redistribution: copy the global weights and buffers into this learner's live model in place.
         The optimiser's momentum and the learner's own EMA are kept, as in the reference."""
         for name, tensor in self.model.state_dict().items():
             tensor.copy_(state[name])
-
-    def ema_state(self) -> StateDict:
-        return self.ema
 
     def state_dict(self) -> dict:
         return {

@@ -1,7 +1,8 @@
 """The global learner's rule: schedules, EMAs and interpolation as functions over state dicts.
 
-Everything here is plain arithmetic on `dict[str, Tensor]` (a model's `state_dict()`), so the same code
-runs inside one process, in a Ray actor, or in a test that checks it against the reference algorithm.
+Everything here is plain arithmetic on tensors: a model's `state_dict()`, or the same state packed into one
+buffer (generalist.packed_state), so the same code runs inside one process, inside every learner of the
+Ray backend, or in a test that checks it against the reference algorithm.
 
 Schedules follow the reference code: they are evaluated at the 1-based epoch `e` and stay constant
 within an epoch (PAPER.md, "The reference algorithm").
@@ -15,8 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from generalist.config import RunConfig
-
-StateDict = dict[str, torch.Tensor]
+from generalist.packed_state import StateDict, StateLayout
 
 
 def piecewise_linear(x: float, knots: Sequence[float], values: Sequence[float]) -> float:
@@ -64,6 +64,12 @@ def is_communication_epoch(epoch: int, config: RunConfig) -> bool:
             and epoch % mixing.redistribute_every == 0)
 
 
+def mixing_plan(config: RunConfig) -> dict[int, tuple[list[float], bool]]:
+    """epoch -> (gamma(epoch), whether it is a communication epoch): what every sync of that epoch does."""
+    return {e: (mixing_weights(e, config), is_communication_epoch(e, config))
+            for e in range(1, config.schedule.epochs + 1)}
+
+
 def ema_decay(step: int, max_decay: float = 0.999) -> float:
     """Warm-up decay of the step-th EMA update (0-based): min(max_decay, (s + 1) / (s + 10))."""
     return min(max_decay, (step + 1) / (step + 10))
@@ -83,6 +89,37 @@ def is_averaged(tensor: torch.Tensor) -> bool:
     return tensor.is_floating_point()
 
 
+def weighted_sum(tensors: Sequence[torch.Tensor | None], weights: Sequence[float]) -> torch.Tensor:
+    """sum_k weights[k] * tensors[k], in learner order, over the terms whose weight is not 0.
+
+    A term of weight exactly 0 is left out rather than multiplied by 0: a learner that carries no weight
+    (every learner but the anchor before mix_start) need not even send its state (tensors[k] may be None).
+    A single term of weight 1 is returned as it is (1 * x is x). `beta == 0` therefore means "natural
+    learner only", not the reference code's silent fall-back to "AT only"."""
+    terms = [(w, t) for w, t in zip(weights, tensors) if w != 0]
+    if not terms:
+        raise ValueError(f"mixing weights are all zero: {list(weights)}")
+    if len(terms) == 1 and terms[0][0] == 1.0:
+        return terms[0][1]
+    (w0, t0), *rest = terms
+    total = w0 * t0
+    for w, t in rest:
+        total = total + w * t
+    return total
+
+
+def heaviest(weights: Sequence[float]) -> int:
+    """The learner whose integer buffers (BN counters) the global learner takes: the first largest weight."""
+    return max(range(len(weights)), key=lambda k: weights[k])
+
+
+def check_weights(weights: Sequence[float], count: int) -> None:
+    if count != len(weights):
+        raise ValueError(f"{count} states but {len(weights)} weights")
+    if not math.isclose(sum(weights), 1.0, abs_tol=1e-6):
+        raise ValueError(f"mixing weights must sum to 1, got {list(weights)}")
+
+
 @torch.no_grad()
 def ema_update_(shadow: StateDict, value: StateDict, decay: float) -> None:
     """shadow <- decay * shadow + (1 - decay) * value, in place; integer buffers take value's."""
@@ -97,67 +134,49 @@ def ema_update_(shadow: StateDict, value: StateDict, decay: float) -> None:
 
 @torch.no_grad()
 def interpolate(states: Sequence[StateDict], weights: Sequence[float]) -> StateDict:
-    """sum_k weights[k] * states[k] for floating tensors; integer buffers from the heaviest learner.
-
-    A weight of exactly 0 still multiplies (0 * x), so `beta == 0` means "natural learner only"
-    rather than the reference code's silent fall-back to "AT only"."""
-    if len(states) != len(weights):
-        raise ValueError(f"{len(states)} states but {len(weights)} weights")
-    if not math.isclose(sum(weights), 1.0, abs_tol=1e-6):
-        raise ValueError(f"mixing weights must sum to 1, got {list(weights)}")
-    heaviest = max(range(len(weights)), key=lambda k: weights[k])
-    out: StateDict = {}
-    for name, first in states[0].items():
-        if is_averaged(first):
-            total = weights[0] * first
-            for w, state in zip(weights[1:], states[1:]):
-                total = total + w * state[name]
-            out[name] = total
-        else:
-            out[name] = states[heaviest][name].clone()
-    return out
+    """sum_k weights[k] * states[k] for floating tensors (weighted_sum's rule); integer buffers from the
+    heaviest learner. The state-dict form of what GlobalLearner does over packed buffers."""
+    check_weights(weights, len(states))
+    top = heaviest(weights)
+    return {name: weighted_sum([s[name] for s in states], weights).clone() if is_averaged(first)
+            else states[top][name].clone() for name, first in states[0].items()}
 
 
 def clone_state(state: StateDict) -> StateDict:
     return {name: t.detach().clone() for name, t in state.items()}
 
 
-def flat_clone(state: StateDict) -> StateDict:
-    """A copy of `state` whose floating tensors are views into one contiguous buffer, in state order.
-
-    The same values as clone_state; the layout lets a sync hand the whole state on as one array without
-    packing it first (generalist.distributed.flat_state). States with more than one floating dtype get
-    clone_state's layout."""
-    floating = [t for t in state.values() if t.is_floating_point()]
-    if not floating or len({t.dtype for t in floating}) > 1:
-        return clone_state(state)
-    with torch.no_grad():
-        buffer = torch.cat([t.detach().reshape(-1) for t in floating])
-    views = iter(buffer.split([t.numel() for t in floating]))
-    return {name: next(views).view(t.shape) if t.is_floating_point() else t.detach().clone()
-            for name, t in state.items()}
-
-
 class GlobalLearner:
-    """The global model E_G: an EMA of the interpolation of the learners' EMAs.
+    """The global model E_G: an EMA of the interpolation of the learners' EMAs, in one packed buffer.
 
-    `sync` is called once every `n` optimiser steps with the learners' current EMA states; it folds the
-    n steps into one EMA update with decay prod(d_s) (PAPER.md, "Distributed form"). With n = 1 it is the
-    reference algorithm's per-iteration `E_G.update(beta * E_AT + (1 - beta) * E_ST)`."""
+    `sync` is called once every `n` optimiser steps with the learners' EMA buffers (StateLayout of the
+    model); it folds the n steps into one EMA update with decay prod(d_s) (PAPER.md, "Distributed form").
+    With n = 1 it is the reference algorithm's per-iteration `E_G.update(beta * E_AT + (1 - beta) * E_ST)`.
+    The same object does it for the in-process backend and, replicated on every learner, for the
+    collective path of the Ray backend, so both give the same bits."""
 
-    def __init__(self, config: RunConfig, initial_state: StateDict, copy: bool = True):
+    def __init__(self, config: RunConfig, initial_state: StateDict, device: torch.device | str | None = None):
         self.config = config
-        # copy=False keeps the caller's tensors (views into one flat buffer, for the Ray coordinator).
-        self.state = clone_state(initial_state) if copy else initial_state
+        self.layout = StateLayout(initial_state)
+        self.buffer = self.layout.pack(initial_state, device)
+        self.state = self.layout.views(self.buffer)
         self.ema_steps = 0  # updates folded in so far (the warm-up counter s)
 
-    def sync(self, learner_states: Sequence[StateDict], epoch: int, n_steps: int) -> bool:
-        """Fold n_steps of EMA into the global state; return whether learners must load it now."""
-        weights = mixing_weights(epoch, self.config)
-        mixed = interpolate(learner_states, weights)
+    @torch.no_grad()
+    def fold(self, emas: Sequence[torch.Tensor | None], weights: Sequence[float], n_steps: int) -> None:
+        """Fold n_steps of EMA of sum_k weights[k] * emas[k] in; emas[k] may be None where weights[k] == 0."""
+        check_weights(weights, len(emas))
+        mixed = weighted_sum([None if b is None else self.layout.floats(b) for b in emas], weights)
         decay = ema_decay_product(self.ema_steps, n_steps, self.config.mixing.ema_max_decay)
-        ema_update_(self.state, mixed, decay)
+        shadow = self.layout.floats(self.buffer)
+        shadow.mul_(decay)
+        shadow.add_(mixed * (1 - decay))
+        self.layout.integer_bytes(self.buffer).copy_(self.layout.integer_bytes(emas[heaviest(weights)]))
         self.ema_steps += n_steps
+
+    def sync(self, emas: Sequence[torch.Tensor | None], epoch: int, n_steps: int) -> bool:
+        """Fold n_steps of EMA into the global state; return whether learners must load it now."""
+        self.fold(emas, mixing_weights(epoch, self.config), n_steps)
         return is_communication_epoch(epoch, self.config)
 
     def state_dict(self) -> dict:

@@ -62,11 +62,14 @@ def plan_epoch(steps_per_epoch: int, sync_every: int) -> list[tuple[int, int]]:
 class Sync(Protocol):
     """How a process's learners meet the global learner at the end of a round."""
 
-    def exchange(self, epoch: int, n_steps: int, states: dict[int, StateDict]) -> StateDict | None:
-        """Hand in these learners' EMA states; get the global state back when they must load it."""
+    def exchange(self, epoch: int, n_steps: int, emas: dict[int, torch.Tensor]) -> StateDict | None:
+        """Hand in these learners' packed EMA buffers (learner index -> Learner.ema_buffer); get the global
+        state back when they must load it now. A sync may go on mixing after it returns (the global state is
+        then needed by nobody until the next sync); a buffer handed in stays untouched until the end of the
+        next round, which is all a sync may rely on."""
 
     def global_payload(self) -> dict:
-        """The global learner's checkpoint payload (state + EMA counter)."""
+        """The global learner's checkpoint payload (state + EMA counter), every round handed in folded in."""
 
 
 @dataclass
@@ -137,7 +140,7 @@ def train_learners(config: RunConfig, data: RunData, learners: list[Learner], sy
                 continue
             stats = [learner.run_steps(epoch, first, n) for learner in learners]
             t0 = time.perf_counter()
-            to_load = sync.exchange(epoch, n, {learner.index: learner.ema_state() for learner in learners})
+            to_load = sync.exchange(epoch, n, {learner.index: learner.ema_buffer for learner in learners})
             if to_load is not None:
                 for learner in learners:
                     learner.load_global_(to_load)

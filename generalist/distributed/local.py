@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import torch
+
 from generalist.config import RunConfig
 from generalist.learner import Learner
 from generalist.mixing import GlobalLearner, StateDict
@@ -20,8 +22,8 @@ class LocalSync:
         self.global_learner = global_learner
         self.num_learners = num_learners
 
-    def exchange(self, epoch: int, n_steps: int, states: dict[int, StateDict]) -> StateDict | None:
-        redistribute = self.global_learner.sync([states[k] for k in range(self.num_learners)], epoch, n_steps)
+    def exchange(self, epoch: int, n_steps: int, emas: dict[int, torch.Tensor]) -> StateDict | None:
+        redistribute = self.global_learner.sync([emas[k] for k in range(self.num_learners)], epoch, n_steps)
         return self.global_learner.state if redistribute else None
 
     def global_payload(self) -> dict:
@@ -40,7 +42,7 @@ def train_local(config: RunConfig, run_dir: str | Path, *, resume: bool = False,
     device = resolve_device(config.runtime.device)
     data = prepare_run_data(config)
     learners = build_learners(config, data, list(range(len(config.learners))), device)
-    global_learner = GlobalLearner(config, {k: v.to(device) for k, v in data.initial_state.items()})
+    global_learner = GlobalLearner(config, data.initial_state, device)
     start_step, best = 0, None
     if state is not None:
         names = [f"learner-{n}" for n in config.learner_names] + [GLOBAL]

@@ -3,8 +3,10 @@
 Ray Train gives us the learner actors (`TorchTrainer` worker group: world rank k runs learner k), their
 placement (`ScalingConfig`: one GPU each, PACK or SPREAD), restarts of the group from the last reported
 checkpoint (`FailureConfig`) and checkpoint storage (`RunConfig.storage_path`, local or any pyarrow URI).
-We add the coordinator (gather, mix, broadcast) and run the same `train_learners` loop as the
-in-process backend, so the numbers are the same.
+The learners mix through the worker group's own process group (NCCL on GPUs, gloo on CPUs), each holding a
+replica of the global learner (CollectiveSync); we add the coordinator as the control plane (membership,
+mixing plan, hung learners, metrics) and run the same `train_learners` loop as the in-process backend, so
+the numbers are the same.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from generalist import checkpoint as ckpt
 from generalist.config import RunConfig as GeneralistConfig
 from generalist.distributed.coordinator import Coordinator
-from generalist.distributed.flat_state import FlatLayout
+from generalist.distributed.collective_sync import CollectiveSync
 from generalist.distributed.local import build_learners, finish
 from generalist.errors import BackendError, ConfigError, GeneralistError
 from generalist.learner import RoundStats
-from generalist.mixing import StateDict
+from generalist.mixing import GlobalLearner
 from generalist.repro import set_determinism
 from generalist.run_folder import BestTracker, FolderSink, RunFolder, load_resume_payloads
 from generalist.storage import Location, locate
@@ -39,37 +41,10 @@ from generalist.training import (GLOBAL, EpochResult, accuracy_fields, checkpoin
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
-class RaySync:
-    """A learner actor's side of the round barrier: hand the EMA in, maybe load the global state."""
-
-    def __init__(self, coordinator, rank: int, timeout_s: float, layout: FlatLayout):
-        self.coordinator = coordinator
-        self.rank = rank
-        self.timeout_s = timeout_s
-        self.layout = layout
-
-    def exchange(self, epoch: int, n_steps: int, states: dict[int, StateDict]) -> StateDict | None:
-        (state,) = states.values()
-        try:
-            wrapped = ray.get(self.coordinator.exchange.remote(self.rank, epoch, n_steps, *self.layout.pack(state)),
-                              timeout=self.timeout_s)
-            return None if wrapped is None else self.layout.unpack(*ray.get(wrapped[0], timeout=self.timeout_s))
-        except ray.exceptions.GetTimeoutError:
-            missing = ray.get(self.coordinator.missing.remote(), timeout=30)
-            raise BackendError(
-                f"learner {self.rank} waited {self.timeout_s:.0f} s for a sync in epoch {epoch}; learner(s) "
-                f"{missing} never arrived (hung or too slow). Raise runtime.sync_timeout_s if they are just slow."
-            ) from None
-
-    def global_payload(self) -> dict:
-        return ray.get(self.coordinator.payload.remote(), timeout=self.timeout_s)
-
-    def global_state(self) -> StateDict:
-        return self.layout.unpack(*ray.get(ray.get(self.coordinator.global_ref.remote(), timeout=self.timeout_s)[0]))
-
-
 class WorkerSink:
     """A learner actor's metrics go to the coordinator (the driver writes them); checkpoints to Ray Train."""
+
+    FLUSH_EVERY_S = 0.5  # round rows go out in batches: one message per round would sit in the sync's path
 
     def __init__(self, config: GeneralistConfig, rank: int, coordinator, run_dir: Location | None, best_score):
         self.config = config
@@ -77,17 +52,27 @@ class WorkerSink:
         self.coordinator = coordinator
         # Rank 0 keeps checkpoints/best in the run folder (a path on this node, or shared storage).
         self.best = BestTracker(config, RunFolder(run_dir), best_score) if rank == 0 and run_dir else None
+        self.pending: list[dict] = []
+        self.last_flush = time.monotonic()
 
     def on_round(self, epoch, global_step, stats: list[RoundStats], weights, redistributed, sync_seconds) -> None:
-        # Fire and forget: the rows carry their step, the driver orders them.
-        self.coordinator.report_rows.remote("rounds", round_rows(self.config, epoch, global_step, stats, weights,
-                                                                 redistributed, sync_seconds))
+        self.pending += round_rows(self.config, epoch, global_step, stats, weights, redistributed, sync_seconds)
+        if time.monotonic() - self.last_flush >= self.FLUSH_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:  # fire and forget: the rows carry their step, the driver orders them
+            self.coordinator.report_rows.remote("rounds", self.pending)
+            self.pending = []
+        self.last_flush = time.monotonic()
 
     def on_epoch(self, result: EpochResult) -> None:
+        self.flush()
         ray.get(self.coordinator.report_rows.remote("epochs", epoch_rows(result)))
 
     def checkpoint(self, global_step: int, payloads: dict[str, dict], end_of_epoch: bool,
                    result: EpochResult | None) -> None:
+        self.flush()
         if self.best is not None:
             self.best.update(result, payloads, global_step)
         state = checkpoint_state(self.config, global_step, end_of_epoch, self.best.best_score if self.best else None)
@@ -100,7 +85,10 @@ class WorkerSink:
 
 
 def learner_worker(spec: dict) -> None:
-    """Ray Train's `train_loop_per_worker`: world rank k runs base learner k to the end of training."""
+    """Ray Train's `train_loop_per_worker`: world rank k runs base learner k to the end of training.
+
+    Each worker also holds a replica of the global learner, mixed through the worker group's process group
+    (CollectiveSync); the coordinator hands out the mixing plan and hears where each learner is."""
     config = GeneralistConfig.from_dict(spec["config"])
     rank = ray_train.get_context().get_world_rank()
     set_determinism(config.runtime.deterministic, config.runtime.threads)
@@ -109,7 +97,8 @@ def learner_worker(spec: dict) -> None:
     coordinator = ray.get_actor(spec["coordinator"], namespace=spec["namespace"])
     data = prepare_run_data(config)
     (learner,) = build_learners(config, data, [rank], device)
-    start_step, global_payload, best_score = 0, None, None
+    global_learner = GlobalLearner(config, data.initial_state, device)
+    start_step, best_score = 0, None
     checkpoint = ray_train.get_checkpoint()
     if checkpoint is None and spec["resume_folder"]:
         resume: Location = spec["resume_folder"]  # on a URI's filesystem, Ray downloads it when it is remote
@@ -117,20 +106,32 @@ def learner_worker(spec: dict) -> None:
             Checkpoint(resume.path, filesystem=resume.fs)
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state = ckpt.read_state(folder) if rank == 0 else {"global_step": None}
-            names = [f"learner-{learner.name}"] + ([GLOBAL] if rank == 0 else [])
-            state_for_load = {**state, "folder": folder, "learners": config.learner_names}
-            payloads = load_resume_payloads(state_for_load, config, names, device)
+            state = ckpt.read_state(folder)
+            names = [f"learner-{learner.name}", GLOBAL]  # every replica of the global learner starts from it
+            payloads = load_resume_payloads({**state, "folder": folder, "learners": config.learner_names},
+                                            config, names, device)
             learner.load_state_dict(payloads[f"learner-{learner.name}"])
-            start_step = learner.steps_done
-            if rank == 0:
-                global_payload, best_score = payloads[GLOBAL], state.get("best_score")
-    ray.get(coordinator.join.remote(rank, os.getpid(), ray.get_gpu_ids(), start_step, global_payload),
-            timeout=config.runtime.sync_timeout_s)
+            global_learner.load_state_dict(payloads[GLOBAL])
+            start_step, best_score = learner.steps_done, state.get("best_score")
+    joined = ray.get(coordinator.join.remote(rank, os.getpid(), ray.get_gpu_ids(), start_step),
+                     timeout=config.runtime.sync_timeout_s)
+    sync = CollectiveSync(
+        config, rank, global_learner, timeout_s=config.runtime.sync_timeout_s, start_step=joined["start_step"],
+        plan=joined["plan"],
+        on_arrive=lambda step: coordinator.arrive.remote(rank, step),  # fire and forget
+        missing=lambda step: ray.get(coordinator.missing.remote(step), timeout=30))
     sink = WorkerSink(config, rank, coordinator, spec["run_location"], best_score)
-    sync = RaySync(coordinator, rank, config.runtime.sync_timeout_s, FlatLayout(learner.ema_state()))
     train_learners(config, data, [learner], sync, sink, start_step=start_step, owns_global=rank == 0,
                    global_state_for_eval=sync.global_state, device=device)
+    sync.close()
+    sink.flush()
+
+
+def process_group_backend(config: GeneralistConfig) -> str:
+    """NCCL when every learner has a GPU of its own; gloo otherwise (CPUs, or learners sharing a GPU:
+    NCCL refuses two ranks on one device)."""
+    runtime = config.runtime
+    return "nccl" if runtime.gpus_per_learner >= 1 and runtime.device != "cpu" else "gloo"
 
 
 def _check_capacity(config: GeneralistConfig) -> None:
@@ -215,7 +216,7 @@ def _fit(config: GeneralistConfig, folder: RunFolder, state: dict | None, quiet:
     namespace = ray.get_runtime_context().namespace
     session = len(_sessions(folder.path)) + 1
     name = f"generalist-coordinator-{os.getpid()}-{session}-{time.time_ns()}"
-    coordinator = Coordinator.options(name=name, namespace=namespace).remote(config, run_data.initial_state)
+    coordinator = Coordinator.options(name=name, namespace=namespace).remote(config)
     spec = {"config": config.to_dict(), "coordinator": name, "namespace": namespace, "run_location": folder.path,
             # An earlier session's (or the local backend's) checkpoint; restarts inside this session use
             # the checkpoints Ray Train has seen reported instead.
@@ -226,8 +227,10 @@ def _fit(config: GeneralistConfig, folder: RunFolder, state: dict | None, quiet:
     trainer = TorchTrainer(
         learner_worker,
         train_loop_config=spec,
-        # Learners never run collectives (the coordinator mixes), so the cheap gloo group suffices everywhere.
-        torch_config=TorchConfig(backend="gloo"),
+        # The learners mix through this process group. Its own timeout is left far behind ours
+        # (runtime.sync_timeout_s), so a hung peer is reported by name rather than by a collective's watchdog.
+        torch_config=TorchConfig(backend=process_group_backend(config),
+                                 timeout_s=int(runtime.sync_timeout_s) + 300),
         scaling_config=ScalingConfig(num_workers=len(config.learners), use_gpu=use_gpu,
                                      resources_per_worker=resources, placement_strategy=runtime.placement),
         # A URI's filesystem goes to Ray Train as is (credentials, endpoint), with the path its scheme stripped.
@@ -263,11 +266,11 @@ def _fit(config: GeneralistConfig, folder: RunFolder, state: dict | None, quiet:
         raise BackendError(f"the learner group failed (after up to {config.runtime.max_failures} restarts): "
                            f"{type(error).__name__}: {first_line}; fix the cause and continue with --resume") \
             from error
-    global_state = FlatLayout(run_data.initial_state).unpack(*ray.get(ray.get(coordinator.global_ref.remote())[0]))
     result = outcome["result"]
-    if result.checkpoint is not None:
-        with result.checkpoint.as_directory() as last:
-            sink.best.best_score = ckpt.read_state(last).get("best_score")
+    # Training ends with an end-of-epoch checkpoint, which holds the final global learner.
+    with result.checkpoint.as_directory() as last:
+        sink.best.best_score = ckpt.read_state(last).get("best_score")
+        global_state = ckpt.load_payload(last, GLOBAL, "cpu")["state"]
     ray.kill(coordinator)
     sink.metrics.flush()
     return finish(config, folder, global_state, sink, time.perf_counter() - started, quiet)
@@ -313,7 +316,7 @@ def _relay(status: dict, sink: FolderSink, config: GeneralistConfig) -> None:
         if len(rows) == len(config.learners):
             stats = [RoundStats(**{k: r[k] for k in RoundStats.__dataclass_fields__}) for r in rows]
             sink.show_round(rows[0]["epoch"], step, stats, [r["weight"] for r in rows], rows[0]["redistributed"],
-                            status["last_sync_s"])
+                            max(r["sync_seconds"] for r in rows))
     for epoch in sorted(epochs):
         if len(epochs[epoch]) < len(config.learners) + 1:
             continue

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from generalist.config import apply_overrides
-from generalist.mixing import (GlobalLearner, ema_decay, ema_decay_product, ema_update_, interpolate,
+from generalist.packed_state import StateLayout
+from generalist.mixing import (GlobalLearner, clone_state, ema_decay, ema_decay_product, ema_update_, interpolate,
                                is_communication_epoch, lr_factor, mixing_weights)
 from generalist.models import build_model
 from generalist.recipes import get_recipe
@@ -88,10 +89,41 @@ def test_ema_update_moves_toward_the_value_and_copies_counters():
 def test_one_sync_of_n_steps_equals_n_syncs_of_one_step_with_constant_inputs():
     config = get_recipe("generalist-d-small")
     init = {"w": torch.zeros(4)}
-    states = [{"w": torch.ones(4)}, {"w": torch.full((4,), 3.0)}]
+    layout = StateLayout(init)
+    states = [layout.pack({"w": torch.ones(4)}), layout.pack({"w": torch.full((4,), 3.0)})]
     folded, stepped = GlobalLearner(config, init), GlobalLearner(config, init)
     folded.sync(states, epoch=8, n_steps=5)
     for _ in range(5):
         stepped.sync(states, epoch=8, n_steps=1)
     torch.testing.assert_close(folded.state["w"], stepped.state["w"])
     assert folded.ema_steps == stepped.ema_steps == 5
+
+
+def test_the_global_learner_over_packed_buffers_equals_the_state_dict_rule_bit_for_bit():
+    """GlobalLearner.fold (one flat pass) and interpolate + ema_update_ (tensor by tensor) are the same numbers."""
+    config = get_recipe("generalist-t-small")
+    model = build_model("small-cnn", num_classes=10, in_channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)
+    init = model.state_dict()
+    generator = torch.Generator().manual_seed(0)
+    emas = [{k: (v + torch.randn(v.shape, generator=generator) if v.is_floating_point() else v + k_)
+             for k, v in init.items()} for k_ in range(3)]
+    layout = StateLayout(init)
+    weights = [0.2, 0.5, 0.3]
+    packed = GlobalLearner(config, init)
+    packed.fold([layout.pack(e) for e in emas], weights, n_steps=3)
+    reference = clone_state(init)
+    ema_update_(reference, interpolate(emas, weights), ema_decay_product(0, 3))
+    for name, tensor in reference.items():
+        assert torch.equal(packed.state[name], tensor), name  # counters included: the heaviest learner's
+
+
+def test_a_learner_of_zero_weight_need_not_hand_in_its_state():
+    config = get_recipe("generalist-d-small")
+    init = {"w": torch.zeros(4), "n": torch.tensor(0)}
+    layout = StateLayout(init)
+    anchor = layout.pack({"w": torch.full((4,), 2.0), "n": torch.tensor(5)})
+    with_absent, with_present = GlobalLearner(config, init), GlobalLearner(config, init)
+    with_absent.fold([anchor, None], [1.0, 0.0], n_steps=1)
+    with_present.fold([anchor, layout.pack({"w": torch.full((4,), -7.0), "n": torch.tensor(9)})], [1.0, 0.0], 1)
+    assert torch.equal(with_absent.buffer, with_present.buffer)
+    assert with_absent.state["n"].item() == 5

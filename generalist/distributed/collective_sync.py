@@ -1,0 +1,172 @@
+"""The mixing data path of the Ray backend: learners' EMAs move device to device through the process group.
+
+Every learner process holds one base learner and a replica of the global learner. At a sync each learner
+hands its packed EMA buffer (generalist.packed_state) to one collective of the worker group's process group
+(NCCL between GPUs, gloo otherwise): an all-gather while several learners carry weight, a broadcast from the
+anchor while it alone does (before mix_start). Every replica then folds the same gathered bytes into its
+global learner with the same `GlobalLearner` arithmetic as the in-process backend, in learner order, so the
+replicas and the in-process backend agree bit for bit and redistribution is a device-local copy.
+
+Off the critical path: a sync outside a communication epoch returns at once; the collective and the fold run
+on a background thread (on a side CUDA stream on a GPU) while the learner trains its next round. At most one
+round is in flight: the next sync, a checkpoint or an evaluation first waits for it. The buffer handed in is
+left untouched by the learner until then (Learner keeps a spare EMA buffer), so no snapshot copy is made.
+
+A wait that outlives `timeout_s` ends in a clear error naming the learners that never reached the sync (as
+told by `missing(step)`, the coordinator's record of arrivals), never in a silent wait on a dead collective.
+
+Only torch.distributed here, no Ray: the class is tested with plain processes. A learner that is itself
+several data-parallel workers would take part through one member per learner (`group`) and broadcast the
+global state to its replicas after the fold; the members' order in `group` is the learners' order.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+
+import torch
+import torch.distributed as dist
+
+from generalist.config import RunConfig
+from generalist.errors import BackendError
+from generalist.mixing import GlobalLearner, mixing_plan
+from generalist.packed_state import StateDict
+
+
+class CollectiveSync:
+    """One learner's side of the mixing (implements generalist.training.Sync for one learner)."""
+
+    def __init__(self, config: RunConfig, learner_index: int, global_learner: GlobalLearner, *,
+                 group: dist.ProcessGroup | None = None, timeout_s: float = 600.0,
+                 on_arrive: Callable[[int], None] | None = None,
+                 missing: Callable[[int], list[int]] | None = None, start_step: int = 0,
+                 plan: dict[int, tuple[list[float], bool]] | None = None):
+        self.config = config
+        self.index = learner_index
+        self.global_learner = global_learner
+        self.layout = global_learner.layout
+        self.group = group
+        self.world = dist.get_world_size(group)
+        if self.world != len(config.learners):
+            raise BackendError(f"the process group has {self.world} members for {len(config.learners)} learners")
+        self.timeout_s = timeout_s
+        self.on_arrive = on_arrive or (lambda step: None)
+        self.missing = missing or (lambda step: [])
+        self.step = start_step  # optimiser steps folded in once the round in flight is done
+        # epoch -> (weights, communicate): the coordinator's plan in the Ray backend, else the config's own.
+        self.plan = plan if plan is not None else mixing_plan(config)
+        device = global_learner.buffer.device
+        self.device = device
+        # gloo moves CUDA tensors through the host itself; staging them explicitly keeps one code path for it.
+        self.staged = device.type == "cuda" and dist.get_backend(group) != "nccl"
+        wire = "cpu" if self.staged else device
+        self.gathered = torch.empty(self.world, self.layout.nbytes, dtype=torch.uint8, device=wire)
+        self.send = torch.empty(self.layout.nbytes, dtype=torch.uint8, device=wire) if self.staged else None
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.in_flight: Future | None = None
+        self.in_flight_step = 0
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        # A daemon thread: a collective that never returns (a hung peer) must not keep the process alive.
+        self.worker = threading.Thread(target=self._serve, name="generalist-mixing", daemon=True)
+        self.worker.start()
+
+    # --- the Sync protocol -------------------------------------------------------------------------
+
+    def exchange(self, epoch: int, n_steps: int, emas: dict[int, torch.Tensor]) -> StateDict | None:
+        (ema,) = emas.values()
+        self.wait()  # the round before: at most one in flight, and the buffer it read is free again
+        target = self.step + n_steps
+        self.on_arrive(target)
+        ready = None
+        if self.stream is not None:  # the side stream starts once this round's EMA updates are done
+            ready = torch.cuda.Event()
+            ready.record()
+        self.in_flight, self.in_flight_step = Future(), target
+        self.jobs.put(((ema, epoch, n_steps, ready), self.in_flight))
+        self.step = target
+        if not self.plan[epoch][1]:
+            return None  # nobody needs the global state before the next sync: train on meanwhile
+        self.wait()  # the learners load it now
+        return self.global_learner.state
+
+    def global_payload(self) -> dict:
+        self.wait()
+        return self.global_learner.state_dict()
+
+    def global_state(self) -> StateDict:
+        self.wait()
+        return self.global_learner.state
+
+    # --- the round ---------------------------------------------------------------------------------
+
+    def wait(self) -> None:
+        """Block until the round in flight is folded in; a clear error if a peer never arrives."""
+        future, self.in_flight = self.in_flight, None
+        if future is None:
+            return
+        try:
+            future.result(timeout=self.timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise self._hung(self.in_flight_step) from None
+        except RuntimeError as error:  # the collective broke: a peer's process or link is gone
+            raise BackendError(f"learner {self.index}: the sync that ends at step {self.in_flight_step} failed "
+                               f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from error
+        if self.stream is not None:
+            torch.cuda.current_stream().wait_stream(self.stream)
+
+    def _serve(self) -> None:
+        while True:
+            job, future = self.jobs.get()
+            try:
+                self._run(job)
+            except BaseException as error:  # noqa: BLE001 - handed to the learner's thread
+                future.set_exception(error)
+            else:
+                future.set_result(None)
+
+    def _run(self, job) -> None:
+        ema, epoch, n_steps, ready = job
+        if self.stream is None:
+            self._fold(ema, epoch, n_steps)
+            return
+        with torch.cuda.stream(self.stream):
+            self.stream.wait_event(ready)
+            self._fold(ema, epoch, n_steps)
+        self.stream.synchronize()  # the thread's result means "on the device too", for the hang check
+
+    def _fold(self, ema: torch.Tensor, epoch: int, n_steps: int) -> None:
+        """One collective of the packed EMAs, then the same fold on every replica."""
+        weights = self.plan[epoch][0]
+        carrying = [k for k, w in enumerate(weights) if w != 0]
+        if self.staged:
+            self.send.copy_(ema)
+            ema = self.send
+        if len(carrying) == 1:
+            # Only one learner carries weight (the anchor before mix_start): the others' states are not moved.
+            (source,) = carrying
+            slot = ema if source == self.index else self.gathered[source]
+            dist.broadcast(slot, src=dist.get_global_rank(self.group, source) if self.group else source,
+                           group=self.group)
+            emas = [slot if k == source else None for k in range(self.world)]
+        else:
+            dist.all_gather_into_tensor(self.gathered.view(-1), ema, group=self.group)
+            emas = [self.gathered[k] if w != 0 else None for k, w in enumerate(weights)]
+        if self.staged:
+            emas = [None if e is None else e.to(self.device, non_blocking=True) for e in emas]
+        self.global_learner.fold(emas, weights, n_steps)
+
+    def _hung(self, step: int) -> BackendError:
+        missing = self.missing(step)
+        who = f"learner(s) {missing} never arrived (hung or too slow)" if missing else \
+            "the collective did not complete (a peer is hung or its link is down)"
+        return BackendError(
+            f"learner {self.index} waited {self.timeout_s:.0f} s for the sync that ends at step {step}; {who}. "
+            "Raise runtime.sync_timeout_s if they are just slow.")
+
+    def close(self) -> None:
+        """Finish the round in flight (the worker thread is a daemon and ends with the process)."""
+        self.wait()

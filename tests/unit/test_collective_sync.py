@@ -1,0 +1,117 @@
+"""The collective mixing path (generalist/distributed/collective_sync.py) in plain processes over gloo, no Ray.
+
+Every replica of the global learner must hold the very bytes the in-process GlobalLearner computes from the
+same EMA buffers: before mix_start (a broadcast from the anchor), in the mixing phase (an all-gather), at
+communication epochs (the result handed back at once) and with rounds of several steps; and a peer that
+never arrives must end in an error that names it instead of a silent wait."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from generalist.config import apply_overrides
+from generalist.distributed.collective_sync import CollectiveSync
+from generalist.errors import BackendError
+from generalist.mixing import GlobalLearner, is_communication_epoch, mixing_weights
+from generalist.models import build_model
+from generalist.packed_state import StateLayout
+from generalist.recipes import get_recipe
+
+# (epoch, n_steps) rounds: before mix_start (epochs 1-5 of 9), mixing, and communication epochs (7, 8).
+ROUNDS = [(1, 1), (2, 3), (6, 1), (7, 2), (7, 1), (8, 1), (9, 4)]
+
+
+def _config(recipe: str):
+    return apply_overrides(get_recipe(recipe), ["schedule.epochs=9", "mixing.redistribute_start=0.7",
+                                                "mixing.redistribute_every=1", "model.name=small-cnn"])
+
+
+def _initial_state():
+    torch.manual_seed(0)
+    return build_model("small-cnn", num_classes=10, in_channels=3, mean=(0.5,) * 3, std=(0.25,) * 3).state_dict()
+
+
+def _ema_of(rank: int, round_index: int, layout: StateLayout, init) -> torch.Tensor:
+    """A distinct, reproducible EMA buffer per (learner, round), with distinct integer counters."""
+    generator = torch.Generator().manual_seed(1000 * rank + round_index)
+    state = {k: (v + torch.randn(v.shape, generator=generator) if v.is_floating_point() else v + 10 * rank + round_index)
+             for k, v in init.items()}
+    return layout.pack(state)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _replica(rank: int, world: int, port: int, recipe: str, out: str, hang_rank: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    config = _config(recipe)
+    init = _initial_state()
+    global_learner = GlobalLearner(config, init)
+    sync = CollectiveSync(config, rank, global_learner, timeout_s=5 if hang_rank >= 0 else 120,
+                          missing=lambda step: [hang_rank])
+    results = []
+    try:
+        for i, (epoch, n) in enumerate(ROUNDS):
+            if rank == hang_rank and i == 3:
+                sync.wait()
+                torch.save({"hung": True}, out.format(rank=rank))
+                time.sleep(15)  # alive but never reaches the sync: the others must fail with a clear error
+                return
+            ema = _ema_of(rank, i, global_learner.layout, init)
+            loaded = sync.exchange(epoch, n, {rank: ema})
+            results.append(None if loaded is None else global_learner.buffer.clone())
+        payload = sync.global_payload()
+        torch.save({"buffer": global_learner.buffer.clone(), "loaded": results,
+                    "ema_steps": payload["ema_steps"]}, out.format(rank=rank))
+    except BackendError as error:
+        torch.save({"error": str(error)}, out.format(rank=rank))
+    finally:
+        if hang_rank < 0:
+            dist.destroy_process_group()
+        else:
+            os._exit(0)  # a peer is gone: skip the collective teardown
+
+
+def _run(world: int, recipe: str, tmp_path: Path, hang_rank: int = -1) -> list[dict]:
+    out = str(tmp_path / "replica-{rank}.pt")
+    mp.spawn(_replica, args=(world, _free_port(), recipe, out, hang_rank), nprocs=world, join=True)
+    return [torch.load(out.format(rank=r), weights_only=True) for r in range(world)]
+
+
+@pytest.mark.parametrize("world,recipe", [(2, "generalist-d"), (3, "generalist-t")])
+def test_every_replica_holds_the_in_process_global_learner_bit_for_bit(tmp_path, world, recipe):
+    replicas = _run(world, recipe, tmp_path)
+    config = _config(recipe)
+    init = _initial_state()
+    expected = GlobalLearner(config, init)
+    loaded = []
+    for i, (epoch, n) in enumerate(ROUNDS):
+        expected.sync([_ema_of(r, i, expected.layout, init) for r in range(world)], epoch, n)
+        loaded.append(expected.buffer.clone() if is_communication_epoch(epoch, config) else None)
+    assert any(len([w for w in mixing_weights(e, config) if w]) == 1 for e, _ in ROUNDS)  # a broadcast round
+    assert any(len([w for w in mixing_weights(e, config) if w]) == world for e, _ in ROUNDS)  # an all-gather round
+    for rank, replica in enumerate(replicas):
+        assert torch.equal(replica["buffer"], expected.buffer), f"replica {rank} differs"
+        assert replica["ema_steps"] == sum(n for _, n in ROUNDS)
+        for got, want in zip(replica["loaded"], loaded):
+            assert (got is None) == (want is None)  # handed back exactly at the communication epochs
+            assert got is None or torch.equal(got, want)
+
+
+def test_a_peer_that_never_arrives_ends_in_an_error_naming_it(tmp_path):
+    replicas = _run(2, "generalist-d", tmp_path, hang_rank=1)
+    assert replicas[1] == {"hung": True}
+    assert "learner(s) [1] never arrived" in replicas[0]["error"]
