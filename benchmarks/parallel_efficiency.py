@@ -8,7 +8,9 @@ authors' code does, is measured for comparison. Rates are optimiser steps per se
 every round) over the steady part of an epoch (the first round and the epoch-end evaluation are excluded).
 Every configuration is measured --repeats times, interleaved in rotating order, and each repeat's
 efficiency is taken against the slowest learner's "alone" rate of the same repeat; medians and ranges are
-printed with the hardware.
+printed with the hardware. Beside them, the CPU the Ray run's processes used, by kind (Ray's daemons, Ray
+Train's controller, the coordinator, the learners), so the figure separates what the framework costs from
+what the 2-core machine costs.
 
     python benchmarks/parallel_efficiency.py [--recipe generalist-d-small] [--steps 120] [--sync-every 10]
                                              [--repeats 3]
@@ -22,6 +24,7 @@ import os
 import platform
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -68,10 +71,67 @@ def run_rate(config, run_dir: Path) -> float:
     return len(steps) * config.mixing.sync_every / sum(wall(by_step[s]) for s in steps)
 
 
-def run_wall_rate(config, run_dir: Path) -> tuple[float, float]:
+# What a process of a Ray run is, by its command line: Ray's own daemons, Ray Train's controller, our
+# coordinator, and the learners (Ray Train workers) whose work is the training itself.
+CATEGORIES = [("gcs_server", "Ray daemons"), ("raylet", "Ray daemons"), ("agent", "Ray daemons"),
+              ("log_monitor", "Ray daemons"), ("monitor.py", "Ray daemons"), ("TrainController", "Ray Train controller"),
+              ("Coordinator", "coordinator"), ("RayTrainWorker", "learners"), ("ray::", "other Ray workers")]
+
+
+class CpuSampler:
+    """CPU seconds used by each category of process while a run lasts (psutil, sampled every 0.2 s).
+
+    A process's CPU time only grows, so the last sample before it exits counts (up to 0.2 s of it is lost)."""
+
+    def __init__(self):
+        import psutil
+
+        self.psutil = psutil
+        self.seen: dict[int, tuple[str, float]] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _category(self, process) -> str | None:
+        try:
+            line = " ".join(process.cmdline())
+        except (self.psutil.Error, OSError):
+            return None
+        return next((label for key, label in CATEGORIES if key in line), None)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            for process in self.psutil.process_iter():
+                category = self._category(process)
+                if category is None:
+                    continue
+                try:
+                    times = process.cpu_times()
+                except (self.psutil.Error, OSError):
+                    continue
+                self.seen[process.pid] = (category, times.user + times.system)
+            self.stop.wait(0.2)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def seconds(self) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for category, cpu in self.seen.values():
+            totals[category] = totals.get(category, 0.0) + cpu
+        return totals
+
+
+def run_wall_rate(config, run_dir: Path) -> tuple[float, float, dict[str, float]]:
+    """Steps/s from the rounds table, the run's wall time, and CPU seconds per category of Ray process."""
     start = time.perf_counter()
-    rate = run_rate(config, run_dir)
-    return rate, time.perf_counter() - start
+    with CpuSampler() as sampler:
+        rate = run_rate(config, run_dir)
+    return rate, time.perf_counter() - start, sampler.seconds()
 
 
 def spread(values: list[float], digits: int = 2) -> str:
@@ -101,6 +161,7 @@ def main() -> None:
           f"torch {torch.__version__}; {args.repeats} repeats, median (min-max)")
     rates: dict[str, list[float]] = {name: [] for name in [*names, "ray", "local"]}
     walls: dict[str, list[float]] = {"ray": [], "local": []}
+    cpu_share: dict[str, list[float]] = {}  # category -> share of one core over the Ray run's wall time
     efficiency: dict[str, list[float]] = {"ray": [], "local": []}
     sides = ["alone", "ray", "local"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -110,10 +171,13 @@ def main() -> None:
                     for i, name in enumerate(names):
                         rates[name].append(alone_rate(base, i, min(args.steps, 40)))
                 else:
-                    rate, wall = run_wall_rate(apply_overrides(base, [f"runtime.backend={side}"]),
-                                               Path(tmp) / f"{side}-{repeat}")
+                    rate, wall, cpu = run_wall_rate(apply_overrides(base, [f"runtime.backend={side}"]),
+                                                    Path(tmp) / f"{side}-{repeat}")
                     rates[side].append(rate)
                     walls[side].append(wall)
+                    if side == "ray":
+                        for category, seconds in cpu.items():
+                            cpu_share.setdefault(category, []).append(seconds / wall)
             slowest = min(rates[name][-1] for name in names)
             for side in ("ray", "local"):
                 efficiency[side].append(rates[side][-1] / slowest)
@@ -127,6 +191,12 @@ def main() -> None:
           f"{spread(walls['ray'], 0)} |")
     print(f"| in-process backend (sequential) | {spread(rates['local'])} | {spread(efficiency['local'], 3)} | "
           f"{spread(walls['local'], 0)} |")
+    print(f"\nCPU used by the processes of the Ray run, in cores over its wall time (start-up included; the machine "
+          f"has {os.cpu_count()}):")
+    print("| processes | cores |")
+    print("|---|---|")
+    for category in sorted(cpu_share, key=lambda c: -statistics.median(cpu_share[c])):
+        print(f"| {category} | {spread(cpu_share[category], 3)} |")
 
 
 if __name__ == "__main__":

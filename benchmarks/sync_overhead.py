@@ -1,13 +1,30 @@
-"""Gather + mix + broadcast time of one coordinator round, per model and number of learners.
+"""A learner's stall per sync, the old object-store path against the collective path, in one run.
 
-Claim measured: the time the Ray runtime spends per sync (learners hand their EMA state to the
-coordinator actor, it interpolates the global learner and folds it into the global EMA, puts it in the
-object store once, and every learner copies it into its own tensors), with no training in between.
-It uses the real `Coordinator` actor and the real `GlobalLearner` arithmetic on real model state dicts.
-Goal (issue "Ray runtime"): <= 50 ms a round for ResNet-18 on one node, and <= 1% of an epoch at the
-default sync_every. Hardware and trial count are printed with the table.
+Claim measured: how long a base learner stands still at each sync, from the end of its last step to the
+start of its next, separately for plain syncs (outside communication epochs: the global learner is updated
+but nobody loads it) and redistributing syncs (communication epochs: every learner loads the global state
+before its next step). Goals (issue "Mixing on the devices"): on a 2-core CPU machine, ResNet-18 at K = 2,
+plain stall <= 5 ms and redistributing stall <= 50 ms; on a GPU, ResNet-18 at K = 2 a round <= 2 ms and the
+plain stall <= 1% of a step.
+
+- `object store` (the path before this change, rebuilt here as it was, as the baseline): each learner puts
+  its packed EMA into the object store for a coordinator actor, which gathers the K states on its CPU,
+  folds them into the global learner and, in a communication epoch, puts the result once for every
+  learner to copy into its model. The learner waits for the whole round at every sync.
+- `collective` (generalist/distributed/collective_sync.py, what the Ray backend runs): the learners are a
+  Ray Train worker group; their packed EMAs move through the group's process group (NCCL between GPUs of
+  their own, gloo otherwise) into a replica of the global learner on each; a plain sync returns at once and
+  the collective and the fold run while the learner trains its next step.
+
+Between syncs each learner does one "step": a real training step of the recipe's learner (`--step real`:
+Learner.run_steps on random data of the real shapes) or a busy compute of fixed length (`--step-ms`, for a
+CPU machine where a real ResNet-18 PGD step takes tens of seconds; busy, not a sleep, so the background
+work competes for the cores as it would). `round` is the time one sync takes when its result is waited
+for at once (a blocking round, measured separately): the cost the background work hides. Medians and the
+90th percentile over `--rounds` rounds after 2 warm-up rounds, slowest learner per round; one run.
 
     python benchmarks/sync_overhead.py [--models small-cnn resnet18 wrn-34-10] [--learners 2 3] [--rounds 20]
+                                       [--device cpu|cuda] [--step real | --step-ms 1000] [--paths ...]
 """
 
 from __future__ import annotations
@@ -16,88 +33,269 @@ import argparse
 import os
 import platform
 import statistics
+import tempfile
 import time
+import warnings
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import ray  # noqa: E402
 import torch  # noqa: E402
+from ray import train as ray_train  # noqa: E402
+from ray.train import RunConfig, ScalingConfig  # noqa: E402
+from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
 
+from generalist.config import RunConfig as GeneralistConfig  # noqa: E402
 from generalist.config import apply_overrides  # noqa: E402
+from generalist.data import TensorData, TrainStream  # noqa: E402
+from generalist.distributed.collective_sync import CollectiveSync  # noqa: E402
 from generalist.distributed.coordinator import Coordinator  # noqa: E402
-from generalist.distributed.flat_state import FlatLayout  # noqa: E402
-from generalist.mixing import flat_clone  # noqa: E402
+from generalist.distributed.ray_backend import mixing_group  # noqa: E402
+from generalist.learner import Learner  # noqa: E402
+from generalist.mixing import GlobalLearner, is_communication_epoch, mixing_weights  # noqa: E402
 from generalist.models import build_model  # noqa: E402
 from generalist.recipes import get_recipe  # noqa: E402
 
+MODEL_KWARGS = {"num_classes": 10, "in_channels": 3, "mean": (0.5,) * 3, "std": (0.25,) * 3}
+WARMUP = 2
 
-@ray.remote(num_cpus=0)
-class FakeLearner:
-    """Holds a model's state like a learner actor does and runs only the sync half of a round."""
 
-    def __init__(self, model_name: str, rank: int):
-        torch.manual_seed(rank)
-        self.rank = rank
-        self.live = build_model(model_name, num_classes=10, in_channels=3, mean=(0.5,) * 3,
-                                std=(0.25,) * 3).state_dict()
-        self.ema = flat_clone(self.live)  # laid out as a Learner's EMA is
-        self.layout = FlatLayout(self.ema)
+def bench_config(model_name: str, k: int, device: str, batch_size: int) -> GeneralistConfig:
+    recipe = {2: "generalist-d", 3: "generalist-t"}[k]
+    gpus = 0 if device == "cpu" else (1 if torch.cuda.device_count() >= k else round(1 / k - 0.005, 2))
+    return apply_overrides(get_recipe(recipe), [f"model.name={model_name}", f"data.batch_size={batch_size}",
+                                                f"runtime.device={device}", f"runtime.gpus_per_learner={gpus}",
+                                                "runtime.threads_per_learner=1", "runtime.deterministic=false"])
 
-    def round(self, coordinator, epoch: int) -> float:
-        """The sync half of a learner's round, exactly as RaySync does it."""
+
+def epochs_of(config: GeneralistConfig) -> dict[str, int]:
+    """An epoch of each kind of sync: plain (every learner carries weight) and redistributing."""
+    epochs = range(1, config.schedule.epochs + 1)
+    plain = next(e for e in epochs if all(mixing_weights(e, config)) and not is_communication_epoch(e, config))
+    redistributing = next(e for e in epochs if is_communication_epoch(e, config))
+    return {"plain": plain, "redistributing": redistributing}
+
+
+class Stepper:
+    """One learner's "step" between syncs: a real training step, or busy compute of a fixed length."""
+
+    def __init__(self, config: GeneralistConfig, rank: int, device: torch.device, step_ms: float | None):
+        self.step_ms = step_ms
+        self.device = device
+        generator = torch.Generator().manual_seed(rank)
+        data = TensorData(torch.randint(0, 256, (4 * config.data.batch_size, 3, 32, 32), dtype=torch.uint8,
+                                        generator=generator),
+                          torch.randint(0, 10, (4 * config.data.batch_size,), generator=generator))
+        stream = TrainStream(data, batch_size=config.data.batch_size, seed=0, augment=True)
+        init = build_model(config.model.name, **MODEL_KWARGS).state_dict()
+        self.learner = Learner(config, rank, init, stream, MODEL_KWARGS, device)
+        self.scratch = torch.randn(256, 256, device=device)
+        self.calls = 0
+
+    def step(self, epoch: int) -> float:
         start = time.perf_counter()
-        wrapped = ray.get(coordinator.exchange.remote(self.rank, epoch, 1, *self.layout.pack(self.ema)))
-        if wrapped is not None:
-            state = self.layout.unpack(*ray.get(wrapped[0]))
-            with torch.no_grad():
-                for name, tensor in self.live.items():
-                    tensor.copy_(state[name])
+        if self.step_ms is None:
+            self.learner.run_steps(epoch, self.calls % self.learner.stream.steps_per_epoch, 1)  # ends in a host sync
+        else:
+            while time.perf_counter() - start < self.step_ms / 1000:
+                self.scratch = torch.tanh(self.scratch @ self.scratch * 1e-3)
+        self.calls += 1
         return time.perf_counter() - start
 
 
-def measure(model_name: str, k: int, rounds: int) -> dict:
-    recipe = {2: "generalist-d", 3: "generalist-t"}[k]
-    config = apply_overrides(get_recipe(recipe), [f"model.name={model_name}"])
-    init = build_model(model_name, num_classes=10, in_channels=3, mean=(0.5,) * 3, std=(0.25,) * 3).state_dict()
-    coordinator = Coordinator.remote(config, init)
-    learners = [FakeLearner.remote(model_name, r) for r in range(k)]
-    ray.get(coordinator.join.remote(0, 0, [], 0, None)) if k == 1 else None
-    ray.get([coordinator.join.remote(r, 0, [], 0, None) for r in range(k)])
-    size_mb = sum(t.numel() * t.element_size() for t in init.values()) / 2**20
-    timings = {}
-    for label, epoch in (("mix only", 1), ("mix + broadcast", config.schedule.epochs)):  # epoch 120 redistributes
-        times = []
-        for r in range(rounds + 2):
-            per_learner = ray.get([learner.round.remote(coordinator, epoch) for learner in learners])
-            if r >= 2:  # warm-up rounds excluded
-                times.append(max(per_learner))
-        timings[label] = times
+def summary(values: list[float]) -> tuple[float, float]:
+    ordered = sorted(values)
+    return 1000 * statistics.median(ordered), 1000 * ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+
+
+# --- the collective path: the Ray backend's own CollectiveSync inside a Ray Train worker group ------------
+
+
+def collective_worker(spec: dict) -> None:
+    config = GeneralistConfig.from_dict(spec["config"])
+    rank = ray_train.get_context().get_world_rank()
+    torch.set_num_threads(1)
+    device = ray_train.torch.get_device() if spec["device"] == "cuda" else torch.device("cpu")
+    coordinator = ray.get_actor(spec["coordinator"])
+    stepper = Stepper(config, rank, device, spec["step_ms"])
+    init = build_model(config.model.name, **MODEL_KWARGS).state_dict()
+    global_learner = GlobalLearner(config, init, device)
+    joined = ray.get(coordinator.join.remote(rank, os.getpid(), [], 0))
+    sync = CollectiveSync(config, rank, global_learner, group=mixing_group(config, device), timeout_s=600,
+                          plan=joined["plan"],
+                          on_arrive=lambda step: coordinator.arrive.remote(rank, step),
+                          missing=lambda step: ray.get(coordinator.missing.remote(step)))
+    rows = []
+    for kind, epoch in epochs_of(config).items():
+        for r in range(WARMUP + spec["rounds"]):
+            step_s = stepper.step(epoch)
+            start = time.perf_counter()
+            loaded = sync.exchange(epoch, 1, {rank: stepper.learner.ema_buffer})
+            if loaded is not None:
+                stepper.learner.load_global_(loaded)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # the stall includes any device work the sync put in the way
+            stall = time.perf_counter() - start
+            if r >= WARMUP:
+                rows.append({"rank": rank, "kind": kind, "round": r, "stall_s": stall, "step_s": step_s})
+        for r in range(WARMUP + spec["rounds"]):  # blocking rounds: the cost the background work hides
+            start = time.perf_counter()
+            sync.exchange(epoch, 1, {rank: stepper.learner.ema_buffer})
+            sync.wait()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if r >= WARMUP:
+                rows.append({"rank": rank, "kind": kind + " round", "round": r, "stall_s": time.perf_counter() - start})
+    sync.close()
+    ray.get(coordinator.report_rows.remote("bench", rows))
+
+
+def measure_collective(config: GeneralistConfig, device: str, rounds: int, step_ms: float | None) -> list[dict]:
+    k = len(config.learners)
+    name = f"bench-coordinator-{time.time_ns()}"
+    coordinator = Coordinator.options(name=name).remote(config)
+    runtime = config.runtime
+    resources = {"CPU": 1, **({"GPU": runtime.gpus_per_learner} if device == "cuda" else {})}
+    with tempfile.TemporaryDirectory() as storage:
+        TorchTrainer(collective_worker,
+                     train_loop_config={"config": config.to_dict(), "coordinator": name, "device": device,
+                                        "rounds": rounds, "step_ms": step_ms},
+                     torch_config=TorchConfig(backend="gloo"),
+                     scaling_config=ScalingConfig(num_workers=k, use_gpu=device == "cuda",
+                                                  resources_per_worker=resources),
+                     run_config=RunConfig(name="sync-bench", storage_path=storage)).fit()
+    rows = [row for table, row in ray.get(coordinator.drain.remote())["rows"] if table == "bench"]
+    ray.kill(coordinator)
+    return rows
+
+
+# --- the object-store path, as it was before the collective path (the baseline) ---------------------------
+
+
+@ray.remote(num_cpus=0)
+class ObjectStoreCoordinator:
+    """The old coordinator's data path: gather K packed EMAs, fold on the CPU, put the result once."""
+
+    def __init__(self, config: GeneralistConfig, init: dict):
+        self.global_learner = GlobalLearner(config, init)
+        self.config = config
+        self.k = len(config.learners)
+        self.pending: dict[int, torch.Tensor] = {}
+        self.result = None
+
+    async def exchange(self, rank: int, epoch: int, n_steps: int, ema) -> list | None:
+        import asyncio
+
+        if self.result is None or self.result.done():
+            self.result = asyncio.get_running_loop().create_future()
+        result = self.result
+        self.pending[rank] = torch.from_numpy(ema)
+        if len(self.pending) == self.k:
+            emas, self.pending = [self.pending[k] for k in range(self.k)], {}
+            redistribute = self.global_learner.sync(emas, epoch, n_steps)
+            result.set_result(ray.put(self.global_learner.buffer.numpy()) if redistribute else None)
+        ref = await result
+        return None if ref is None else [ref]
+
+
+@ray.remote(num_cpus=1)
+class ObjectStoreLearner:
+    def __init__(self, config: GeneralistConfig, rank: int, device: str, step_ms: float | None):
+        torch.set_num_threads(1)
+        self.rank = rank
+        self.stepper = Stepper(config, rank, torch.device(device), step_ms)
+        self.layout = self.stepper.learner.ema_layout
+
+    def round(self, coordinator, epoch: int) -> dict:
+        step_s = self.stepper.step(epoch)
+        start = time.perf_counter()
+        ema = self.stepper.learner.ema_buffer.cpu().numpy()  # device to host, then into the object store
+        wrapped = ray.get(coordinator.exchange.remote(self.rank, epoch, 1, ema))
+        if wrapped is not None:
+            with warnings.catch_warnings():  # the object store's zero-copy array is read-only; it is only read
+                warnings.simplefilter("ignore", UserWarning)
+                buffer = torch.from_numpy(ray.get(wrapped[0])).to(self.stepper.device)
+            self.stepper.learner.load_global_(self.layout.views(buffer))
+        if self.stepper.device.type == "cuda":
+            torch.cuda.synchronize()
+        return {"stall_s": time.perf_counter() - start, "step_s": step_s}
+
+
+def measure_object_store(config: GeneralistConfig, device: str, rounds: int, step_ms: float | None) -> list[dict]:
+    init = build_model(config.model.name, **MODEL_KWARGS).state_dict()
+    k = len(config.learners)
+    coordinator = ObjectStoreCoordinator.remote(config, init)
+    gpus = config.runtime.gpus_per_learner if device == "cuda" else 0
+    learners = [ObjectStoreLearner.options(num_gpus=gpus).remote(config, r, device, step_ms) for r in range(k)]
+    rows = []
+    for kind, epoch in epochs_of(config).items():
+        for r in range(WARMUP + rounds):
+            results = ray.get([learner.round.remote(coordinator, epoch) for learner in learners])
+            if r >= WARMUP:
+                rows += [{"rank": rank, "kind": kind, "round": r, **res} for rank, res in enumerate(results)]
     for actor in [coordinator, *learners]:
         ray.kill(actor)
-    return {"model": model_name, "K": k, "state_mb": size_mb,
-            **{f"{label} ms": (1000 * statistics.median(t), 1000 * (max(t) - min(t))) for label, t in timings.items()}}
+    return rows
+
+
+def table_row(path: str, model: str, k: int, rows: list[dict], size_mib: float) -> str:
+    def slowest(kind: str) -> list[float]:
+        per_round: dict[int, float] = {}
+        for row in rows:
+            if row["kind"] == kind:
+                per_round[row["round"]] = max(per_round.get(row["round"], 0.0), row["stall_s"])
+        return list(per_round.values())
+
+    steps = [row["step_s"] for row in rows if "step_s" in row]
+    step_ms = 1000 * statistics.median(steps)
+    cells = []
+    for kind in ("plain", "redistributing"):
+        median, p90 = summary(slowest(kind))
+        cells.append(f"{median:.2f} ({p90:.2f})")
+    plain_median = summary(slowest("plain"))[0]
+    rounds = [f"{summary(slowest(kind + ' round'))[0]:.1f}" if slowest(kind + " round") else "= stall"
+              for kind in ("plain", "redistributing")]
+    return (f"| {path} | {model} | {k} | {size_mib:.1f} | {step_ms:.0f} | {cells[0]} | {cells[1]} | "
+            f"{100 * plain_median / step_ms:.2f} | {rounds[0]} / {rounds[1]} |")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["small-cnn", "resnet18", "wrn-34-10"])
     parser.add_argument("--learners", nargs="+", type=int, default=[2, 3])
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--step", choices=["real", "busy"], default=None,
+                        help="real: the recipe's training step; busy: --step-ms of compute (default: real on "
+                             "cuda, busy on cpu)")
+    parser.add_argument("--step-ms", type=float, default=1000.0)
+    parser.add_argument("--batch-size", type=int, default=128, help="batch of a real step")
+    parser.add_argument("--paths", nargs="+", default=["object store", "collective"],
+                        choices=["object store", "collective"])
     args = parser.parse_args()
-    ray.init(num_cpus=max(4, max(args.learners) + 1), include_dashboard=False, log_to_driver=False,
+    step_kind = args.step or ("real" if args.device == "cuda" else "busy")
+    step_ms = None if step_kind == "real" else args.step_ms
+    gpus = torch.cuda.device_count() if args.device == "cuda" else 0
+    ray.init(num_cpus=max(4, 2 * max(args.learners)), num_gpus=gpus, include_dashboard=False, log_to_driver=False,
              _node_ip_address="127.0.0.1", logging_level="error")
-    torch.set_num_threads(1)
-    print(f"# sync_overhead: {platform.machine()} {os.cpu_count()} CPUs, "
-          f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}; "
-          f"ray {ray.__version__}, torch {torch.__version__}; {args.rounds} rounds after 2 warm-up, median (range)")
-    print("| model | K | state (MiB) | gather + mix (ms) | gather + mix + broadcast (ms) |")
-    print("|---|---|---|---|---|")
+    hardware = (f"{torch.cuda.get_device_name(0)} x{gpus}" if args.device == "cuda" else "no GPU used")
+    print(f"# sync_overhead: {platform.machine()} {os.cpu_count()} CPUs, {hardware}; ray {ray.__version__}, "
+          f"torch {torch.__version__}; step: {'real training step, batch ' + str(args.batch_size) if step_ms is None else f'{step_ms:.0f} ms busy compute'}; "
+          f"{args.rounds} rounds after {WARMUP} warm-up, slowest learner per round; one run", flush=True)
+    print("| path | model | K | state (MiB) | step (ms) | plain stall, median (p90) ms | "
+          "redistributing stall, median (p90) ms | plain stall / step (%) | blocking round ms, plain / redistr. |")
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
     for model_name in args.models:
         for k in args.learners:
-            row = measure(model_name, k, args.rounds)
-            mix, full = row["mix only ms"], row["mix + broadcast ms"]
-            print(f"| {model_name} | {k} | {row['state_mb']:.1f} | {mix[0]:.1f} ({mix[1]:.1f}) "
-                  f"| {full[0]:.1f} ({full[1]:.1f}) |", flush=True)
+            config = bench_config(model_name, k, args.device, args.batch_size)
+            size = sum(t.numel() * t.element_size()
+                       for t in build_model(model_name, **MODEL_KWARGS).state_dict().values()) / 2**20
+            for path in args.paths:
+                measure = measure_object_store if path == "object store" else measure_collective
+                rows = measure(config, args.device, args.rounds, step_ms)
+                nccl = args.device == "cuda" and config.runtime.gpus_per_learner >= 1
+                label = path if path == "object store" else f"collective ({'nccl' if nccl else 'gloo'})"
+                print(table_row(label, model_name, k, rows, size), flush=True)
     ray.shutdown()
 
 

@@ -62,7 +62,7 @@ class CollectiveSync:
         device = global_learner.buffer.device
         self.device = device
         # gloo moves CUDA tensors through the host itself; staging them explicitly keeps one code path for it.
-        self.staged = device.type == "cuda" and dist.get_backend(group) != "nccl"
+        self.staged = device.type == "cuda" and "nccl" not in str(dist.get_backend(group))
         wire = "cpu" if self.staged else device
         self.gathered = torch.empty(self.world, self.layout.nbytes, dtype=torch.uint8, device=wire)
         self.send = torch.empty(self.layout.nbytes, dtype=torch.uint8, device=wire) if self.staged else None

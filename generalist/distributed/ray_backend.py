@@ -19,6 +19,7 @@ from pathlib import Path
 
 import ray
 import torch
+import torch.distributed as dist
 from ray import train as ray_train
 from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
@@ -116,7 +117,8 @@ def learner_worker(spec: dict) -> None:
     joined = ray.get(coordinator.join.remote(rank, os.getpid(), ray.get_gpu_ids(), start_step),
                      timeout=config.runtime.sync_timeout_s)
     sync = CollectiveSync(
-        config, rank, global_learner, timeout_s=config.runtime.sync_timeout_s, start_step=joined["start_step"],
+        config, rank, global_learner, group=mixing_group(config, device), timeout_s=config.runtime.sync_timeout_s,
+        start_step=joined["start_step"],
         plan=joined["plan"],
         on_arrive=lambda step: coordinator.arrive.remote(rank, step),  # fire and forget
         missing=lambda step: ray.get(coordinator.missing.remote(step), timeout=30))
@@ -127,11 +129,14 @@ def learner_worker(spec: dict) -> None:
     sink.flush()
 
 
-def process_group_backend(config: GeneralistConfig) -> str:
-    """NCCL when every learner has a GPU of its own; gloo otherwise (CPUs, or learners sharing a GPU:
-    NCCL refuses two ranks on one device)."""
-    runtime = config.runtime
-    return "nccl" if runtime.gpus_per_learner >= 1 and runtime.device != "cpu" else "gloo"
+def mixing_group(config: GeneralistConfig, device: torch.device) -> dist.ProcessGroup | None:
+    """The process group the learners mix through: an NCCL group when every learner has a CUDA device of its
+    own; else the worker group's own gloo group (None): CPUs, or learners sharing a GPU, since NCCL refuses
+    two ranks on one device. Decided in the workers, which see their devices (a CPU test cluster may
+    advertise logical GPUs that have no CUDA behind them)."""
+    if device.type == "cuda" and config.runtime.gpus_per_learner >= 1:
+        return dist.new_group(backend="nccl")
+    return None
 
 
 def _check_capacity(config: GeneralistConfig) -> None:
@@ -227,10 +232,9 @@ def _fit(config: GeneralistConfig, folder: RunFolder, state: dict | None, quiet:
     trainer = TorchTrainer(
         learner_worker,
         train_loop_config=spec,
-        # The learners mix through this process group. Its own timeout is left far behind ours
-        # (runtime.sync_timeout_s), so a hung peer is reported by name rather than by a collective's watchdog.
-        torch_config=TorchConfig(backend=process_group_backend(config),
-                                 timeout_s=int(runtime.sync_timeout_s) + 300),
+        # gloo here; learners with a GPU each add an NCCL group for the mixing (mixing_group). The groups'
+        # timeout is left far behind ours (runtime.sync_timeout_s), so a hung peer is reported by name.
+        torch_config=TorchConfig(backend="gloo", timeout_s=int(runtime.sync_timeout_s) + 300),
         scaling_config=ScalingConfig(num_workers=len(config.learners), use_gpu=use_gpu,
                                      resources_per_worker=resources, placement_strategy=runtime.placement),
         # A URI's filesystem goes to Ray Train as is (credentials, endpoint), with the path its scheme stripped.
