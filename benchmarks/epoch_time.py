@@ -17,6 +17,7 @@ learners' EMA states. One process; the learners run one after another.
 
     GENERALIST_DATA=/path/to/data python benchmarks/epoch_time.py --recipes pgd-at generalist-d --device cuda
     python benchmarks/epoch_time.py --recipes pgd-at-small generalist-d-small --steps 20   # CPU scale
+    python benchmarks/epoch_time.py --device cuda --precisions fp32 bf16 --steps 5 --warmup 2   # what gpu_check runs
 """
 
 from __future__ import annotations
@@ -47,9 +48,11 @@ def median_seconds(call, n: int) -> float:
     return statistics.median(times)
 
 
-def time_recipe(recipe: str, device_name: str, steps: int, warmup: int, threads: int, overrides: list[str]) -> dict:
+def time_recipe(recipe: str, device_name: str, steps: int, warmup: int, threads: int, overrides: list[str],
+                precision: str = "fp32") -> dict:
     config = apply_overrides(get_recipe(recipe), ["runtime.backend=local", f"runtime.device={device_name}",
-                                                  f"runtime.threads_per_learner={threads}", *overrides])
+                                                  f"runtime.threads_per_learner={threads}",
+                                                  f"runtime.precision={precision}", *overrides])
     set_determinism(config.runtime.deterministic, config.runtime.threads)
     device = resolve_device(config.runtime.device)
     data = prepare_run_data(config)
@@ -79,7 +82,8 @@ def time_recipe(recipe: str, device_name: str, steps: int, warmup: int, threads:
         for _ in range(warmup):
             sync()
         sync_seconds = median_seconds(sync, steps)
-    return {"recipe": recipe, "model": config.model.name, "batch": config.data.batch_size, "steps_per_epoch": spe,
+    return {"recipe": recipe, "precision": precision, "model": config.model.name, "batch": config.data.batch_size,
+            "steps_per_epoch": spe,
             "step_seconds": step_seconds, "sync_seconds": sync_seconds, "device": str(device)}
 
 
@@ -96,18 +100,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per learner (median reported)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1)))
+    parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
+                        help="runtime.precision values to time, each recipe in each (bf16: autocast of the passes)")
     parser.add_argument("overrides", nargs="*", help="config overrides for every recipe, e.g. data.batch_size=256")
     args = parser.parse_args()
-    results = [time_recipe(r, args.device, args.steps, args.warmup, args.threads, args.overrides) for r in args.recipes]
+    results = [time_recipe(r, args.device, args.steps, args.warmup, args.threads, args.overrides, p)
+               for r in args.recipes for p in args.precisions]
 
     device = results[0]["device"]
     print(f"# epoch time from {args.steps} timed steps (median) after {args.warmup} warm-up, per learner; "
           f"{describe_device(device)}; torch {torch.__version__}, {args.threads} CPU thread(s)")
     if args.overrides:
         print(f"# overrides: {' '.join(args.overrides)}")
-    print("| recipe | model | batch | learner | s / step | images / s | sync s | epoch s, one device | "
+    print("| recipe | precision | model | batch | learner | s / step | images / s | sync s | epoch s, one device | "
           "epoch s, device per learner |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         steps = r["step_seconds"]
         sync = r["sync_seconds"] or 0.0
@@ -117,9 +124,15 @@ def main() -> None:
         for i, (name, seconds) in enumerate(steps.items()):
             tail = (f"{r['sync_seconds']:.4f}" if r["sync_seconds"] is not None else "-",
                     f"{one_device:.0f}", f"{per_learner:.0f}") if i == 0 else ("", "", "")
-            print(f"| {r['recipe'] if i == 0 else ''} | {r['model'] if i == 0 else ''} | "
+            print(f"| {r['recipe'] if i == 0 else ''} | {r['precision'] if i == 0 else ''} | "
+                  f"{r['model'] if i == 0 else ''} | "
                   f"{r['batch'] if i == 0 else ''} | {name} | {seconds:.4f} | {r['batch'] / seconds:.0f} | "
                   + " | ".join(tail) + " |")
+    by_recipe = {(r["recipe"], r["precision"]): r for r in results}
+    for recipe in args.recipes:
+        if (recipe, "fp32") in by_recipe and (recipe, "bf16") in by_recipe:
+            fp32, bf16 = (sum(by_recipe[(recipe, p)]["step_seconds"].values()) for p in ("fp32", "bf16"))
+            print(f"# {recipe}: bf16 steps take {bf16 / fp32:.2f} x the time of fp32 steps (summed over learners)")
     print(f"# epoch s = steps per epoch ({', '.join(str(r['steps_per_epoch']) for r in results)}) x (step time "
           "summed over learners, or of the slowest learner, + one sync per step as in the mixing phase at "
           "sync_every = 1); an estimate, validation excluded")

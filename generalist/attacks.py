@@ -49,6 +49,8 @@ def pgd(
     keeps the restart whose final point is misclassified, and among those (or if none) the highest loss.
 
     Returns x_adv: (B, C, H, W), detached, in [0, 1] and within threat.eps of x.
+    Under torch.autocast (runtime.precision=bf16) only the model's passes run in bf16: delta, its gradient (which
+    arrives in delta's dtype), the step and the projection stay in x's dtype, so the ball and the box hold exactly.
     The model's train/eval mode, the global RNG and parameter .grad are left as they were; in train
     mode the forward passes do update BatchNorm running statistics, so attack in eval mode if that matters.
     """

@@ -17,6 +17,7 @@ DATASET_NAMES = ("cifar10", "mnist", "fashion-mnist")
 MODEL_NAMES = ("small-cnn", "resnet18", "preact-resnet18", "wrn-28-10", "wrn-34-10")
 NORMS = ("none", "Linf", "L2", "L1")
 OBJECTIVES = ("ce", "trades", "avg", "max", "msd", "e-at")
+PRECISIONS = ("fp32", "bf16")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -188,12 +189,20 @@ class EvalConfig:
 
 @dataclass(kw_only=True)
 class RuntimeConfig:
-    """Where the learners run; never changes the numbers of a run (only their speed)."""
+    """Where and how fast the learners run. Only `precision` (and `deterministic`) changes a run's numbers;
+    the rest changes its speed, or at most the rounding order, as moving to another device does."""
 
     backend: str = "ray"  # ray: one actor per learner; local: all learners in this process
     device: str = "auto"  # auto | cpu | cuda
     cpus_per_learner: float = 1.0
-    gpus_per_learner: float = 0.0  # 1 = one dedicated GPU per learner; fractions share a GPU
+    # None = auto (generalist.distributed.placement): one GPU per learner when the cluster has K, a share of
+    # them when it has fewer, none without GPUs. 1 = one dedicated GPU per learner; fractions share a GPU.
+    gpus_per_learner: float | None = None
+    # The speed of a learner's step (docs/performance.md says what each costs in accuracy):
+    precision: str = "fp32"  # fp32 | bf16: torch.autocast bf16 for the attack's and training's passes
+    channels_last: bool | None = None  # model and inputs in channels-last memory format; None: on CUDA only
+    data_on_device: bool | None = None  # training split held on the learner's device; None: on CUDA only
+    compile: bool = False  # torch.compile the model (first steps pay the compilation)
     placement: str = "PACK"  # PACK | SPREAD
     threads_per_learner: int = 0  # torch intra-op threads per learner; 0 = from cpus_per_learner (at least 1)
     deterministic: bool = True  # torch deterministic algorithms (bit-exact resume and backend parity)
@@ -201,6 +210,14 @@ class RuntimeConfig:
     max_failures: int = 2  # learner-group restarts from the last checkpoint
     sync_timeout_s: float = 600.0  # a learner that does not reach a sync in this time is reported hung
     wait_for_resources_s: float = 0.0  # an autoscaling cluster may add GPU nodes: wait this long before failing
+
+    def use_channels_last(self, device_type: str) -> bool:
+        """Channels-last pays on CUDA (tensor-core convolutions want NHWC); on CPU it only changes rounding."""
+        return self.channels_last if self.channels_last is not None else device_type == "cuda"
+
+    def use_data_on_device(self, device_type: str) -> bool:
+        """Batches are bit-identical either way; holding the split on a GPU saves a host-to-device copy a step."""
+        return self.data_on_device if self.data_on_device is not None else device_type == "cuda"
 
     @property
     def threads(self) -> int:
@@ -213,7 +230,12 @@ class RuntimeConfig:
         _choice("runtime.device", self.device, ("auto", "cpu", "cuda"))
         _choice("runtime.placement", self.placement, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
         _check(self.cpus_per_learner > 0, f"runtime.cpus_per_learner must be > 0, got {self.cpus_per_learner}")
-        _check(self.gpus_per_learner >= 0, f"runtime.gpus_per_learner must be >= 0, got {self.gpus_per_learner}")
+        _check(self.gpus_per_learner is None or self.gpus_per_learner >= 0,
+               f"runtime.gpus_per_learner must be >= 0 (or null for automatic), got {self.gpus_per_learner}")
+        _check(self.gpus_per_learner is None or self.gpus_per_learner <= 1 or self.gpus_per_learner == int(
+            self.gpus_per_learner), f"runtime.gpus_per_learner={self.gpus_per_learner} above 1 must be a whole "
+               "number of GPUs (Ray refuses fractions above 1); use 1, 2, ... or a fraction <= 1")
+        _choice("runtime.precision", self.precision, PRECISIONS)
         _check(self.threads_per_learner >= 0, "runtime.threads_per_learner must be >= 0 (0 = from cpus_per_learner)")
         _check(self.checkpoint_every_rounds >= 0, "runtime.checkpoint_every_rounds must be >= 0")
         _check(self.sync_timeout_s > 0, "runtime.sync_timeout_s must be > 0")
@@ -264,13 +286,18 @@ class RunConfig:
         """The fields that decide the numbers of a run: a checkpoint from another fingerprint is refused.
 
         Runtime placement, epochs-to-go, evaluation cadence and where the (checksum-verified) dataset files
-        live may change on resume; the rest may not."""
+        live may change on resume; the rest may not. Of the speed settings only precision is in: channels-last,
+        data on the device and compile change at most the rounding order (as the device does), not the math."""
         d = self.to_dict()
         d.pop("runtime")
         d.pop("eval")
         d["data"].pop("root")
         d["data"].pop("download")
         d["runtime"] = {"deterministic": self.runtime.deterministic}
+        # bf16 changes every number of a run, so it is part of the fingerprint. fp32 is recorded as absence:
+        # checkpoints written before the field existed (all fp32) keep resuming.
+        if self.runtime.precision != "fp32":
+            d["runtime"]["precision"] = self.runtime.precision
         return d
 
 

@@ -15,6 +15,7 @@ from generalist.mixing import StateDict, clone_state, ema_decay, lr_factor
 from generalist.models import build_model
 from generalist.objectives import objective_loss
 from generalist.packed_state import StateLayout
+from generalist.performance import autocast_for, channels_last_for, compiled, model_for_device
 
 
 def build_initial_state(config: RunConfig, num_classes: int, in_channels: int,
@@ -58,6 +59,13 @@ class Learner:
         self.stream = stream
         self.device = device
         self.model = build_model(config.model.name, **model_kwargs).to(device)
+        # Speed settings of the step (generalist.performance); identities with the fp32 CPU defaults.
+        self.memory_format = channels_last_for(config.runtime, device)
+        self.model = model_for_device(self.model, self.memory_format)
+        self.autocast = autocast_for(config.runtime, device)
+        self.forward_model = compiled(self.model, config.runtime.compile)
+        if config.runtime.use_data_on_device(device.type):
+            stream.hold_on(device)
         self.model.load_state_dict(initial_state)
         self.model.train()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.spec.lr, momentum=self.spec.momentum,
@@ -96,7 +104,9 @@ class Learner:
         first_update_of_round = True
         for step in range(first_step, first_step + n):
             x, y = self.stream.batch(epoch - 1, step, self.device)
-            loss, logits = objective_loss(self.model, x, y, self.spec, self.generator, self.steps_done)
+            x = x.contiguous(memory_format=self.memory_format)  # a no-op for the default format
+            with self.autocast():  # the attack's and the training's forward passes (backward follows their dtypes)
+                loss, logits = objective_loss(self.forward_model, x, y, self.spec, self.generator, self.steps_done)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

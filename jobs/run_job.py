@@ -1,7 +1,7 @@
 """What `ray job submit` runs: train one named recipe on the cluster at $RAY_ADDRESS.
 
     ray job submit --address http://HEAD:8265 --working-dir . --runtime-env jobs/runtime_env.yaml -- \\
-        python jobs/run_job.py --recipe generalist-d --runs-root /mnt/runs runtime.gpus_per_learner=1
+        python jobs/run_job.py --recipe generalist-d --runs-root /mnt/runs runtime.device=cuda
 
 The run folder is RUNS_ROOT/RECIPE-seedS (or --run-name); an interrupted job continues with --resume.
 """

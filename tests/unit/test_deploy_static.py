@@ -354,15 +354,20 @@ def test_every_job_names_a_registered_recipe():
     assert not missing, f"jobs/jobs.yaml names recipes that generalist.recipes does not register: {missing}"
 
 
-def test_job_gpus_are_the_learners_times_gpus_per_learner():
+def test_job_gpus_are_the_learners_times_the_gpus_placement_gives_each():
+    from generalist.distributed.placement import resolve_gpus
+
     for name, job in jobs_book()["jobs"].items():
         if not registered(job["recipe"]):
             continue  # named by test_every_job_names_a_registered_recipe
         config = job_config(job)
-        assert job["gpus"] == len(config.learners) * config.runtime.gpus_per_learner, name
+        assert config.runtime.gpus_per_learner is None, f"{name}: placement is automatic, no override needed"
+        each, _ = resolve_gpus(config, job["gpus"])  # a cluster with exactly the job's GPUs
+        assert job["gpus"] == len(config.learners) * each, name
+        assert each in (0, 1), f"{name}: one whole GPU per learner, or none"
+        assert resolve_gpus(config, 0)[0] == each, f"{name}: a GPU job must not fall back to CPUs on a GPU-less cluster"
         assert config.runtime.backend == "ray", f"{name}: a job runs one Ray actor per learner"
         assert config.runtime.device == ("cuda" if job["gpus"] else "cpu"), name
-        assert config.runtime.gpus_per_learner in (0, 1), f"{name}: one whole GPU per learner, or none"
         assert job["reproduces"].strip(), name
     book = jobs_book()
     assert book["runs_root"] == SHARED_RUNS
@@ -391,8 +396,7 @@ def test_submit_print_writes_the_train_eval_and_report_lines(capsys):
     submit = script("submit")
     assert submit.main(["generalist-t", "--print", "--eval", "--report"]) == 0
     train, evaluate, report = capsys.readouterr().out.strip().splitlines()
-    assert train.endswith("-- python jobs/run_job.py --recipe generalist-t --runs-root /mnt/runs "
-                          "runtime.gpus_per_learner=1 runtime.device=cuda")
+    assert train.endswith("-- python jobs/run_job.py --recipe generalist-t --runs-root /mnt/runs runtime.device=cuda")
     assert "--entrypoint-num-gpus 1 -- generalist eval /mnt/runs/generalist-t-seed0" in evaluate
     assert report.endswith("-- generalist report /mnt/runs/generalist-t-seed0 "
                            "--out /mnt/runs/generalist-t-seed0/report")
@@ -487,9 +491,12 @@ def test_local_gpu_commands_parse_and_resolve():
     commands = [shlex.split(c) for c in re.findall(r"^(generalist .+)$", section, re.M)]
     assert [c[1] for c in commands] == ["train", "eval", "report"]
     train, evaluate, report = (generalist_parser().parse_args(c[1:]) for c in commands)
+    from generalist.distributed.placement import resolve_gpus
+
+    assert not train.overrides, "GPUs are used without overrides"
     config = resolve_config(train.recipe, train.overrides)
-    assert config.runtime.backend == "ray" and config.runtime.device == "cuda"
-    assert config.runtime.gpus_per_learner == 1, "one learner per GPU"
+    assert config.runtime.backend == "ray" and config.runtime.device == "auto"
+    assert resolve_gpus(config, len(config.learners))[0] == 1, "one learner per GPU"
     assert evaluate.source == train.run_dir and report.runs == [train.run_dir]
     assert f"cat {report.out}/report.md" in section
 

@@ -1,0 +1,114 @@
+"""The Ray backend on real GPUs: one GPU per learner, learners sharing one GPU, and a learner killed on the GPU and
+restarted; each run ends with the same global weights as the in-process backend on the GPU (deterministic
+kernels, same device type). Marked `gpu`, skipped without CUDA or Ray. Mirrors tests/ray/test_ray_backend.py."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from generalist.checkpoint import load_state_dict_file
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+ray = pytest.importorskip("ray")
+
+from generalist.distributed import train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def gpu_ray():
+    """A local Ray on 127.0.0.1 with the machine's real GPUs (tests/conftest's local_ray has logical ones)."""
+    ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
+             _node_ip_address="127.0.0.1", logging_level="error")
+    yield ray
+    ray.shutdown()
+
+
+def coordinator_handle():
+    for _ in range(600):
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                 if a["name"].startswith("generalist-coordinator-")]
+        if names:
+            return ray.get_actor(sorted(names)[-1], namespace=ray.get_runtime_context().namespace)
+        time.sleep(0.1)
+    raise AssertionError("no coordinator actor appeared")
+
+
+def learners_seen(k: int, seen: dict) -> threading.Thread:
+    def watch():
+        coordinator = coordinator_handle()
+        for _ in range(1200):
+            learners = ray.get(coordinator.learners.remote())
+            if len(learners) == k:
+                seen.update(learners)
+                return
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    return thread
+
+
+def assert_same_global(a, b) -> None:
+    x, y = (load_state_dict_file(p / "final" / "global.pt") for p in (a, b))
+    assert set(x) == set(y)
+    differ = [k for k in x if not torch.equal(x[k], y[k])]
+    assert not differ, f"differ: {differ[:5]}"
+
+
+def gpu_config(recipe: str, *overrides: str):
+    return tiny_config(recipe, "schedule.epochs=2", "runtime.device=cuda", *overrides)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs (one per learner)")
+def test_each_learner_trains_on_its_own_gpu(gpu_ray, tmp_path):
+    k = 3 if torch.cuda.device_count() >= 3 else 2
+    recipe = {2: "generalist-d-small", 3: "generalist-t-small"}[k]
+    train(gpu_config(recipe), tmp_path / "local", quiet=True)
+    seen = {}
+    watcher = learners_seen(k, seen)
+    train(gpu_config(recipe, "runtime.backend=ray", "runtime.gpus_per_learner=1"), tmp_path / "ray", quiet=True)
+    watcher.join()
+    gpu_ids = [tuple(seen[r]["gpus"]) for r in range(k)]
+    assert all(len(ids) == 1 for ids in gpu_ids) and len(set(gpu_ids)) == k, gpu_ids
+    assert_same_global(tmp_path / "local", tmp_path / "ray")
+
+
+def test_two_learners_share_one_gpu_with_half_a_gpu_each(gpu_ray, tmp_path):
+    train(gpu_config("generalist-d-small"), tmp_path / "local", quiet=True)
+    seen = {}
+    watcher = learners_seen(2, seen)
+    train(gpu_config("generalist-d-small", "runtime.backend=ray", "runtime.gpus_per_learner=0.5"), tmp_path / "ray",
+          quiet=True)
+    watcher.join()
+    gpu_ids = [tuple(seen[r]["gpus"]) for r in range(2)]
+    assert all(len(ids) == 1 for ids in gpu_ids), gpu_ids
+    assert_same_global(tmp_path / "local", tmp_path / "ray")
+
+
+def test_a_learner_killed_on_the_gpu_is_restarted_and_the_run_ends_bit_identical(gpu_ray, tmp_path):
+    overrides = ("schedule.epochs=3", "runtime.checkpoint_every_rounds=3")
+    train(gpu_config("generalist-d-small", *overrides), tmp_path / "local", quiet=True)
+    kills = []
+
+    def kill_learner_at(step: int):
+        coordinator = coordinator_handle()
+        while ray.get(coordinator.drain.remote())["global_step"] < step:
+            time.sleep(0.05)
+        pid = ray.get(coordinator.learners.remote())[1]["pid"]
+        os.kill(pid, signal.SIGKILL)  # a real process death, with a CUDA context open
+        kills.append(pid)
+
+    killer = threading.Thread(target=kill_learner_at, args=(7,))
+    killer.start()
+    train(gpu_config("generalist-d-small", *overrides, "runtime.backend=ray", "runtime.gpus_per_learner=0.5",
+                     "runtime.max_failures=2"), tmp_path / "ray", quiet=True)
+    killer.join()
+    assert len(kills) == 1
+    assert_same_global(tmp_path / "local", tmp_path / "ray")
