@@ -71,11 +71,11 @@ def time_recipe(recipe: str, device_name: str, steps: int, warmup: int, threads:
         step_seconds[learner.name] = median_seconds(step, steps)
     sync_seconds = None
     if len(learners) > 1:
-        global_learner = GlobalLearner(config, {k: v.to(device) for k, v in data.initial_state.items()})
+        global_learner = GlobalLearner(config, data.initial_state, device)
         last_epoch = config.schedule.epochs  # a mixing epoch: every learner's weight is live
 
         def sync():
-            global_learner.sync([learner.ema_state() for learner in learners], last_epoch, 1)
+            global_learner.sync([learner.ema_buffer for learner in learners], last_epoch, 1)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
 

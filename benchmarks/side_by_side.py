@@ -71,8 +71,9 @@ def base_overrides(recipe: str, device: str, steps: int, precision: str) -> list
             "runtime.cpus_per_learner=1", f"runtime.precision={precision}"]
 
 
-def compare(recipe: str, device: str, steps: int, warmup: int, precision: str, root: Path) -> dict:
-    config = apply_overrides(get_recipe(recipe), base_overrides(recipe, device, steps, precision))
+def compare(recipe: str, device: str, steps: int, warmup: int, precision: str, root: Path,
+            overrides: list[str]) -> dict:
+    config = apply_overrides(get_recipe(recipe), base_overrides(recipe, device, steps, precision) + overrides)
     k = len(config.learners)
     gpus = torch.cuda.device_count() if device == "cuda" else 0
     share, line = resolve_gpus(config, gpus)
@@ -106,13 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="first iterations left out of the median")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--keep", help="keep the run folders here (default: a temporary folder)")
+    parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. data.dataset=...")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA GPU is visible; use --device cpu", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="side-by-side-") as tmp:
         root = Path(args.keep) if args.keep else Path(tmp)
-        results = [compare(r, args.device, args.steps, args.warmup, args.precision, root) for r in args.recipes]
+        results = [compare(r, args.device, args.steps, args.warmup, args.precision, root, args.overrides)
+                   for r in args.recipes]
     print(f"# time per iteration, median of {args.steps - args.warmup} after {args.warmup} warm-up; "
           f"{describe_device(args.device)}; torch {torch.__version__}; precision {args.precision}; one run each")
     print("| recipe | K | ray placement | in-process s / iter | ray s / iter | speed-up (in-process / ray) | goal |")

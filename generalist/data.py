@@ -61,9 +61,14 @@ DATASETS: dict[str, DatasetInfo] = {
                            50_000, 10_000),
     "mnist": DatasetInfo("mnist", 10, (1, 28, 28), (0.1307,), (0.3081,), 60_000, 10_000),
     "fashion-mnist": DatasetInfo("fashion-mnist", 10, (1, 28, 28), (0.2860,), (0.3530,), 60_000, 10_000),
+    # Random images and labels of CIFAR-10's shapes and sizes, for speed checks on a machine without the data
+    # (a GPU box with no network): every kernel runs as on CIFAR-10; what a model learns from it means nothing.
+    "synthetic-cifar10": DatasetInfo("synthetic-cifar10", 10, (3, 32, 32), (0.5, 0.5, 0.5), (0.2887,) * 3,
+                                     50_000, 10_000),
 }
 
-_DISPLAY = {"cifar10": "CIFAR-10", "mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+_DISPLAY = {"cifar10": "CIFAR-10", "mnist": "MNIST", "fashion-mnist": "Fashion-MNIST",
+            "synthetic-cifar10": "synthetic CIFAR-10-shaped data"}
 # torchvision class names: also the folder names of torchvision's own layout (MNIST/raw, FashionMNIST/raw)
 _TORCHVISION_CLASS = {"cifar10": "CIFAR10", "mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 
@@ -218,6 +223,8 @@ def _load_cached(name: str, root: str, train: bool, download: bool) -> TensorDat
     info = DATASETS[name]
     if name == "cifar10":
         x, y = _load_cifar10(Path(root), train, download)
+    elif name == "synthetic-cifar10":
+        x, y = _synthetic(info, train)
     else:
         x, y = _load_mnist_like(name, Path(root), train, download)
     expected = info.train_size if train else info.test_size
@@ -229,6 +236,14 @@ def _load_cached(name: str, root: str, train: bool, download: bool) -> TensorDat
         raise DataError(f"{_DISPLAY[name]} in {root} has labels outside [0, {info.num_classes}): it is corrupt; "
                         "delete it and copy or download it again")
     return TensorData(x.contiguous(), y.to(torch.int64).contiguous())
+
+
+def _synthetic(info: DatasetInfo, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uniform random uint8 images and labels, the same on every machine (a fixed seed per split)."""
+    n = info.train_size if train else info.test_size
+    generator = torch.Generator().manual_seed(0 if train else 1)
+    return (torch.randint(0, 256, (n, *info.shape), dtype=torch.uint8, generator=generator),
+            torch.randint(0, info.num_classes, (n,), generator=generator))
 
 
 def _not_found(name: str, root: Path, looked_for: str) -> DataError:

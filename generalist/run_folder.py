@@ -97,6 +97,14 @@ class RunFolder:
         except json.JSONDecodeError as error:
             raise RunFolderError(f"{self.path / 'config.json'} is corrupt: {error}") from None
 
+    def add_metadata(self, fields: dict) -> None:
+        """Add fields (e.g. where the learners were placed) to this session's metadata file."""
+        resumes = [c for c in self.path.children() if c.name.startswith("metadata-resume-")]
+        target = max(resumes, key=lambda c: int(c.name.split("-")[-1].split(".")[0])) if resumes \
+            else self.path / "metadata.json"
+        current = json.loads(target.read_text()) if target.is_file() else {}
+        ckpt.write_json_atomic(target, {**current, **fields})
+
     def write_final(self, global_state: dict, summary: dict) -> None:
         final = self.path / "final"
         (final / "global.pt").write_bytes(ckpt.tensor_bytes(global_state))

@@ -45,7 +45,10 @@ def tiny_config(recipe: str = "generalist-d-small", *overrides: str, data_root: 
     config = get_recipe(recipe)
     attack_steps = [f"learners.{k}.attack.steps=3" for k, l in enumerate(config.learners) if l.attack is not None]
     root = f'data.root="{data_root or find_test_data_root()}"'
-    return apply_overrides(config, TINY + attack_steps + [root, *overrides])
+    # A machine that holds only MNIST (a GPU box the 130 MB of CIFAR-10 cannot travel to) runs the same tests on it.
+    dataset = [f"data.dataset={os.environ['GENERALIST_TEST_DATASET']}"] if os.environ.get("GENERALIST_TEST_DATASET") \
+        else []
+    return apply_overrides(config, TINY + attack_steps + [root, *dataset, *overrides])
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from generalist.config import RunConfig as GeneralistConfig
 from generalist.distributed.coordinator import Coordinator
 from generalist.distributed.collective_sync import CollectiveSync
 from generalist.distributed.local import build_learners, finish
+from generalist.distributed.placement import resolve_gpus, with_gpus
 from generalist.errors import BackendError, ConfigError, GeneralistError
 from generalist.learner import RoundStats
 from generalist.mixing import GlobalLearner
@@ -139,6 +140,19 @@ def mixing_group(config: GeneralistConfig, device: torch.device) -> dist.Process
     return None
 
 
+def _place(config: GeneralistConfig, folder: RunFolder, quiet: bool) -> GeneralistConfig:
+    """Resolve runtime.gpus_per_learner against the cluster (placement.resolve_gpus), say the choice and store it
+    in the session's metadata; config.json keeps what the user asked for, so a resume chooses again."""
+    cluster_gpus = ray.cluster_resources().get("GPU", 0)
+    gpus, line = resolve_gpus(config, cluster_gpus)
+    if not quiet:
+        print(line, flush=True)
+    folder.add_metadata({"placement": {"gpus_per_learner": gpus, "cluster_gpus": cluster_gpus,
+                                       "learners": len(config.learners),
+                                       "automatic": config.runtime.gpus_per_learner is None, "line": line}})
+    return with_gpus(config, gpus)
+
+
 def _check_capacity(config: GeneralistConfig) -> None:
     """Fail early, with numbers, when the cluster cannot hold one actor per learner.
 
@@ -209,6 +223,7 @@ def train_ray(config: GeneralistConfig, run_dir: str | Path | Location, *, resum
     state = folder.start(config, resume, extra_checkpoints=_latest_ray_checkpoint)
     started_ray = _connect(address, config)
     try:
+        config = _place(config, folder, quiet)
         _check_capacity(config)
         return _fit(config, folder, state, quiet)
     finally:

@@ -44,7 +44,7 @@ def test_a_learner_on_the_gpu_uses_channels_last_and_the_split_on_the_device_by_
     assert learner.stream.data.x.is_cuda
     stats = learner.run_steps(1, 0, 3)
     assert torch.isfinite(torch.tensor(stats.loss))
-    assert all(t.is_contiguous() for t in learner.ema_state().values()), "the EMA stays one flat buffer"
+    assert all(t.is_contiguous() for t in learner.ema.values()), "the EMA stays one flat buffer"
 
 
 @pytest.mark.parametrize("norm, eps, step_size", [("Linf", 8 / 255, 2 / 255), ("L2", 0.5, 0.125)])

@@ -48,7 +48,7 @@ def test_bf16_keeps_parameters_optimizer_state_and_ema_in_fp32():
     assert all(p.dtype == torch.float32 for p in learner.model.parameters())
     momentum = [s["momentum_buffer"] for s in learner.optimizer.state.values()]
     assert momentum and all(m.dtype == torch.float32 for m in momentum)
-    assert all(t.dtype == torch.float32 for t in learner.ema_state().values() if t.is_floating_point())
+    assert all(t.dtype == torch.float32 for t in learner.ema.values() if t.is_floating_point())
 
 
 def test_bf16_changes_the_numbers_of_a_step():
