@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from generalist.errors import CheckpointError
-from generalist.storage import Location, locate
+from generalist.storage import Location, give_umask_mode, locate
 
 FORMAT_VERSION = 1
 
@@ -98,6 +98,7 @@ def write_checkpoint(folder: str | Path | Location, payloads: dict[str, dict], s
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:
+        give_umask_mode(tmp, 0o777)  # it becomes `target`: readable as any folder the user makes
         write_payloads(tmp, payloads, {"position": state.get("position")})
         _fsync_write(tmp / "state.json", _state_bytes(state))
         replace_folder(tmp, target)

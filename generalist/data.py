@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from generalist.errors import ConfigError, DataError
+from generalist.storage import give_umask_mode
 
 __all__ = [
     "DATASETS",
@@ -446,6 +447,7 @@ def _write_atomic(path: Path, array: np.ndarray) -> None:
     # Write then rename, so a reader (or a concurrent learner process) never sees a half-written file.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
+        give_umask_mode(fd)  # a shared cache stays readable by the others who share it
         with os.fdopen(fd, "wb") as f:
             np.save(f, array, allow_pickle=False)
         os.replace(tmp, path)
