@@ -29,6 +29,7 @@ __all__ = [
     "TensorData",
     "TrainStream",
     "cache_dir",
+    "check_training_data",
     "clear_memory_cache",
     "crop_flip",
     "dataset_info",
@@ -207,6 +208,16 @@ def load_split(name: str, root: str | os.PathLike, *, train: bool, download: boo
     """
     info = dataset_info(name)
     return _load_cached(info.name, str(Path(root).expanduser().absolute()), bool(train), bool(download))
+
+
+def check_training_data(name: str, root: str | os.PathLike | None, *, download: bool, val_size: int) -> None:
+    """Raise the DataError or ConfigError that training would, now: the training split of `name` in `root`
+    (None: $GENERALIST_DATA) is missing, corrupt, or too small to hold out `val_size` validation points.
+
+    For callers that must not write anything before the inputs are known good (a new run folder). The split
+    is loaded and verified in full, and stays in this process's cache, so the load that follows is free."""
+    split = load_split(name, resolve_data_root(root), train=True, download=download)
+    split_train_val(split, val_size, seed=0)  # its val_size check, with its message
 
 
 def clear_memory_cache() -> None:
