@@ -19,7 +19,7 @@ def _parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a recipe into a run folder (or --resume one)")
     train.add_argument("--recipe", help="a recipe name (see `generalist recipes`)")
-    train.add_argument("--run-dir", required=True, help="the run folder; must not hold a run unless --resume")
+    train.add_argument("--run-dir", required=True, help="the run folder; must hold no checkpoint unless --resume")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --run-dir from its newest usable checkpoint (a broken newer one is "
                             "skipped and named)")

@@ -7,6 +7,7 @@ Layout:
     RUN/checkpoints/best/    global.pt of the best validation epoch (never selected on the test set)
     RUN/metrics/             rounds.{jsonl,parquet}, epochs.{jsonl,parquet}
     RUN/final/global.pt      the shipped global model (a bare state_dict) and summary.json
+    RUN/ray-session-N/step-*/  the Ray backend's checkpoints, one folder each (Ray Train writes them)
 
 RUN is a local path or a URI pyarrow understands (s3://, gs://, file://...): see `generalist.storage`.
 """
