@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from generalist.errors import CheckpointError
-from generalist.storage import Location, locate
+from generalist.storage import Location, give_umask_mode, locate
 
 FORMAT_VERSION = 1
 
@@ -102,6 +102,7 @@ def write_checkpoint(folder: str | Path | Location, payloads: dict[str, dict], s
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:
+        give_umask_mode(tmp, 0o777)  # it becomes `target`: readable as any folder the user makes
         write_payloads(tmp, payloads, {"position": state.get("position")})
         _fsync_write(tmp / "state.json", _state_bytes(state))
         replace_folder(tmp, target)
@@ -143,12 +144,17 @@ def replace_folder(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def copies(folder: Location) -> list[Location]:
+    """Where a checkpoint written to `folder` may be: `folder` itself, and the copy a crash mid-swap leaves
+    (`.NAME.old` on a local path, `.NAME.new` through a URI). Whether they exist or not."""
+    return [folder, folder.parent / f".{folder.name}.old", _staged(folder)]
+
+
 def find_checkpoint(folder: str | Path | Location) -> Path | Location | None:
     """`folder`, or the other complete copy a crash mid-swap left behind (`.NAME.old` on a local path,
     `.NAME.new` through a URI), or None. A Path comes back for a path, a Location for a Location."""
     where = locate(folder)
-    complete = [c for c in (where, where.parent / f".{where.name}.old", _staged(where))
-                if (c / "state.json").is_file()]
+    complete = [c for c in copies(where) if (c / "state.json").is_file()]
     if len(complete) > 1:  # only after a crash mid-swap: the newest wins, `folder` on a tie
         complete.sort(key=lambda c: -_step_or_minus_one(c))
     if not complete:
@@ -193,9 +199,8 @@ def read_state(folder: str | Path | Location) -> dict:
     return state
 
 
-def load_payload(folder: str | Path | Location, name: str, map_location: str | torch.device = "cpu") -> dict:
-    """Load `NAME.pt` after checking it against its sidecar sha256 (catches truncation and bit flips)."""
-    folder = locate(folder)
+def _checked_bytes(folder: Location, name: str) -> bytes:
+    """The bytes of `NAME.pt`, after checking them against its sidecar; CheckpointError saying what is wrong."""
     path, sidecar = folder / f"{name}.pt", folder / f"{name}.json"
     try:
         meta = json.loads(sidecar.read_text())
@@ -206,8 +211,27 @@ def load_payload(folder: str | Path | Location, name: str, map_location: str | t
         raise CheckpointError(f"{sidecar} is corrupt; the checkpoint cannot be trusted") from None
     if len(data) != meta.get("bytes") or _sha256(data) != meta.get("sha256"):
         raise CheckpointError(
-            f"{path} is corrupt or truncated ({len(data)} bytes, expected {meta.get('bytes')}; sha256 differs); "
-            "resume from another checkpoint or start a new run folder")
+            f"{path} is corrupt or truncated ({len(data)} bytes, expected {meta.get('bytes')}; sha256 differs)")
+    return data
+
+
+def verify_payloads(folder: str | Path | Location, names: list[str]) -> None:
+    """Check every `NAME.pt` of `names` against its sha256 without loading it; CheckpointError naming the
+    first one missing, truncated or changed."""
+    folder = locate(folder)
+    for name in names:
+        _checked_bytes(folder, name)
+
+
+def load_payload(folder: str | Path | Location, name: str, map_location: str | torch.device = "cpu") -> dict:
+    """Load `NAME.pt` after checking it against its sidecar sha256 (catches truncation and bit flips)."""
+    folder = locate(folder)
+    try:
+        data = _checked_bytes(folder, name)
+    except CheckpointError as error:
+        raise CheckpointError(f"{error}; resume from another checkpoint (--resume-from STEP|PATH) or start a new "
+                              "run folder") from None
+    path = folder / f"{name}.pt"
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means the same thing to the user

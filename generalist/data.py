@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from generalist.errors import ConfigError, DataError
+from generalist.storage import give_umask_mode
 
 __all__ = [
     "DATASETS",
@@ -28,6 +29,7 @@ __all__ = [
     "TensorData",
     "TrainStream",
     "cache_dir",
+    "check_training_data",
     "clear_memory_cache",
     "crop_flip",
     "dataset_info",
@@ -211,6 +213,16 @@ def load_split(name: str, root: str | os.PathLike, *, train: bool, download: boo
     """
     info = dataset_info(name)
     return _load_cached(info.name, str(Path(root).expanduser().absolute()), bool(train), bool(download))
+
+
+def check_training_data(name: str, root: str | os.PathLike | None, *, download: bool, val_size: int) -> None:
+    """Raise the DataError or ConfigError that training would, now: the training split of `name` in `root`
+    (None: $GENERALIST_DATA) is missing, corrupt, or too small to hold out `val_size` validation points.
+
+    For callers that must not write anything before the inputs are known good (a new run folder). The split
+    is loaded and verified in full, and stays in this process's cache, so the load that follows is free."""
+    split = load_split(name, resolve_data_root(root), train=True, download=download)
+    split_train_val(split, val_size, seed=0)  # its val_size check, with its message
 
 
 def clear_memory_cache() -> None:
@@ -461,6 +473,7 @@ def _write_atomic(path: Path, array: np.ndarray) -> None:
     # Write then rename, so a reader (or a concurrent learner process) never sees a half-written file.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
+        give_umask_mode(fd)  # a shared cache stays readable by the others who share it
         with os.fdopen(fd, "wb") as f:
             np.save(f, array, allow_pickle=False)
         os.replace(tmp, path)

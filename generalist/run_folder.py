@@ -7,6 +7,7 @@ Layout:
     RUN/checkpoints/best/    global.pt of the best validation epoch (never selected on the test set)
     RUN/metrics/             rounds.{jsonl,parquet}, epochs.{jsonl,parquet}
     RUN/final/global.pt      the shipped global model (a bare state_dict) and summary.json
+    RUN/ray-session-N/step-*/  the Ray backend's checkpoints, one folder each (Ray Train writes them)
 
 RUN is a local path or a URI pyarrow understands (s3://, gs://, file://...): see `generalist.storage`.
 """
@@ -14,13 +15,16 @@ RUN is a local path or a URI pyarrow understands (s3://, gs://, file://...): see
 from __future__ import annotations
 
 import json
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from generalist import checkpoint as ckpt
 from generalist.config import RunConfig
+from generalist.data import check_training_data
 from generalist.errors import CheckpointError, RunFolderError
 from generalist.learner import RoundStats
 from generalist.metrics import MetricsLog, Progress
@@ -43,53 +47,178 @@ def fingerprint_diff(saved: dict, current: dict, where: str = "") -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Resume:
+    """What `--resume` asks for; `resume=True` means `Resume()`, the newest usable checkpoint.
+
+    `source` (`--resume-from`): a global step ("1400"), or a checkpoint folder (a path, relative to the working
+    directory or to the run folder, or a URI). `restart_if_no_checkpoint` (`--restart-if-no-checkpoint`): when
+    the run folder holds no usable checkpoint, train again from step 0 with its config instead of stopping."""
+
+    source: str | None = None
+    restart_if_no_checkpoint: bool = False
+
+
+def as_resume(resume: bool | Resume | None) -> Resume | None:
+    """None for a new run, else what to resume; backends pass `resume` through to `RunFolder.start` as given."""
+    if isinstance(resume, Resume):
+        return resume
+    return Resume() if resume else None
+
+
 class RunFolder:
     def __init__(self, path: str | Path | Location):
         self.path = locate(path)
         self.last = self.path / "checkpoints" / "last"
         self.best = self.path / "checkpoints" / "best"
 
-    def holds_run(self) -> bool:
-        return (self.path / "config.json").exists() or (self.path / "checkpoints").exists()
+    def checkpoint_folders(self) -> list[Location]:
+        """Every folder meant to hold a checkpoint to resume from, complete or not: checkpoints/last and the copy
+        a crash mid-swap leaves beside it, and the step-* folders of each Ray session (Ray Train writes those)."""
+        last, *crash_copies = ckpt.copies(self.last)
+        # A copy left by a crash mid-swap counts when complete; without state.json it is half-written or
+        # half-deleted scratch of an atomic write, not a checkpoint anybody saved.
+        found = [last] if last.is_dir() else []
+        found += [copy for copy in crash_copies if (copy / "state.json").is_file()]
+        for session in self.path.children():
+            if session.name.startswith("ray-session-"):
+                found += [step for step in session.children() if step.name.startswith("step-") and step.is_dir()]
+        return found
 
-    def start(self, config: RunConfig, resume: bool, extra_checkpoints=None) -> dict | None:
-        """Prepare the folder; return the checkpoint state to resume from (None for a fresh run).
+    def holds_checkpoint(self) -> bool:
+        """True once training saved anything worth keeping: a checkpoint (even a broken one) or a final model."""
+        return bool(self.checkpoint_folders()) or self.best.exists() or (self.path / "final").exists()
 
-        `extra_checkpoints(path)` may name another checkpoint folder (a Ray session's); the newest wins."""
-        if not resume:
-            if self.holds_run():
+    def start(self, config: RunConfig, resume: bool | Resume | None, extra_checkpoints=None) -> dict | None:
+        """Prepare the folder; return the checkpoint state to resume from (None to train from step 0).
+
+        Nothing is written before the config, the data and the checkpoint to resume from are known good, so a
+        failure here leaves the folder as it was. A folder that holds no checkpoint yet may start a new run.
+        `extra_checkpoints(path)` may name one more checkpoint folder to consider (kept for callers that
+        pass it; the Ray sessions' folders are found here anyway)."""
+        request = as_resume(resume)
+        self._check_is_folder()
+        if request is None:
+            if self.holds_checkpoint():
                 raise RunFolderError(
                     f"{self.path} already holds a run; pass --resume to continue it, or choose a new --run-dir "
                     "(nothing in it was changed)")
-            self.path.make_dir()
+            _check_data(config)
+            self._make()
             ckpt.write_json_atomic(self.path / "config.json", config.to_dict())
             ckpt.write_json_atomic(self.path / "metadata.json", run_metadata())
             return None
-        candidates = [c for c in (ckpt.find_checkpoint(self.last),
-                                  extra_checkpoints(self.path) if extra_checkpoints else None) if c is not None]
-        if not candidates:
-            if not (self.path / "config.json").is_file():
-                raise RunFolderError(f"--resume: {self.path} has no checkpoint to resume from "
-                                     "(start it without --resume, or check the path)")
-            # Started, but stopped before its first checkpoint (killed in its first epoch, or a dataset error):
-            # resuming it is starting again from step 0 with the config it was made with.
-            diff = fingerprint_diff(self.load_config().fingerprint(), config.fingerprint())
-            if diff:
-                raise RunFolderError(f"{self.path / 'config.json'} was made by a different config: {diff}; "
-                                     "resume with the run's own config.json, or start a new run folder")
-            ckpt.write_json_atomic(self.path / f"metadata-resume-{int(time.time())}.json", run_metadata())
-            return None
-        states = [(ckpt.read_state(c), c) for c in candidates]
-        state, found = max(states, key=lambda item: item[0]["global_step"])
-        diff = fingerprint_diff(state.get("fingerprint", {}), config.fingerprint())
-        if diff:
-            raise CheckpointError(f"the checkpoint in {found} was made by a different config: {diff}; "
-                                  "resume with the run's own config.json, or start a new run folder")
-        state["folder"] = found if not found.native else str(found)
+        extra = extra_checkpoints(self.path) if extra_checkpoints else None
+        folders = self.checkpoint_folders()
+        if extra is not None and locate(extra) not in folders:
+            folders.append(locate(extra))
+        if request.source is not None:
+            state = self._chosen_checkpoint(config, request.source, folders)
+        else:
+            state = self._newest_usable_checkpoint(config, request, folders)
+        _check_data(config)
         ckpt.write_json_atomic(self.path / f"metadata-resume-{int(time.time())}.json", run_metadata())
+        if state is not None:
+            print(f"resuming from {state['folder']} (step {state['global_step']})", flush=True)
         return state
 
+    def _newest_usable_checkpoint(self, config: RunConfig, request: Resume, folders: list[Location]) -> dict | None:
+        """The newest checkpoint whose files are all whole; each newer one skipped is named on stderr."""
+        if not folders:
+            return self._nothing_to_resume(config, request)
+        skipped = []
+        for folder in sorted(folders, key=_newest_first):
+            try:
+                state = self._usable_state(config, folder)
+            except _Unusable as why:
+                skipped.append(str(why))
+                continue
+            for reason in skipped:
+                print(f"warning: skipped a checkpoint: {reason}", file=sys.stderr, flush=True)
+            return state
+        reasons = "; ".join(skipped)
+        if request.restart_if_no_checkpoint:
+            print(f"warning: no usable checkpoint ({reasons}); training again from step 0 "
+                  "(--restart-if-no-checkpoint)", file=sys.stderr, flush=True)
+            return None
+        raise CheckpointError(
+            f"no usable checkpoint in {self.path}: {reasons}; restore it, name one elsewhere with --resume-from PATH, "
+            "or train again from step 0 with --resume --restart-if-no-checkpoint")
+
+    def _nothing_to_resume(self, config: RunConfig, request: Resume) -> None:
+        if not (self.path / "config.json").is_file():
+            raise RunFolderError(f"--resume: {self.path} has no checkpoint to resume from "
+                                 "(start it without --resume, or check the path)")
+        # Started, but stopped before its first checkpoint (killed in its first epoch, or a dataset error).
+        diff = fingerprint_diff(self.load_config().fingerprint(), config.fingerprint())
+        if diff:
+            raise RunFolderError(f"{self.path / 'config.json'} was made by a different config: {diff}; "
+                                 "resume with the run's own config.json, or start a new run folder")
+        if not request.restart_if_no_checkpoint:
+            raise RunFolderError(
+                f"--resume: {self.path} holds no checkpoint yet (the run stopped before its first one); train it "
+                "again from step 0 with --resume --restart-if-no-checkpoint")
+        print(f"{self.path} holds no checkpoint yet: training again from step 0 (--restart-if-no-checkpoint)",
+              flush=True)
+        return None
+
+    def _chosen_checkpoint(self, config: RunConfig, source: str, folders: list[Location]) -> dict:
+        """--resume-from: the checkpoint of that global step in this run folder, or that folder; never another."""
+        if source.strip().isdigit():
+            step = int(source)
+            matches = [f for f in sorted(folders, key=_newest_first) if _step_of(f) == step]
+            if not matches:
+                steps = sorted({s for s in map(_step_of, folders) if s is not None})
+                raise CheckpointError(f"--resume-from {step}: {self.path} holds no checkpoint of step {step}; it "
+                                      f"holds steps {', '.join(map(str, steps)) or 'none'}")
+        else:
+            where = locate(source)
+            if where.native and not where.exists() and (self.path / source).exists():
+                where = self.path / source  # relative to the run folder
+            if not where.is_dir():
+                raise CheckpointError(f"--resume-from {source}: no such checkpoint folder; give a global step "
+                                      "or a folder holding state.json")
+            matches = [where]
+        reasons = []
+        for folder in matches:
+            try:
+                return self._usable_state(config, folder)
+            except _Unusable as why:
+                reasons.append(str(why))
+        raise CheckpointError(f"--resume-from {source}: {'; '.join(reasons)}; choose another checkpoint")
+
+    def _usable_state(self, config: RunConfig, folder: Location) -> dict:
+        """The state of `folder` if it can be resumed from: _Unusable if it is broken, CheckpointError if it was
+        made by another config (resuming any checkpoint of this run with it would be wrong, so no fallback)."""
+        try:
+            state = ckpt.read_state(folder)
+        except CheckpointError as error:
+            raise _Unusable(str(error)) from None
+        diff = fingerprint_diff(state.get("fingerprint", {}), config.fingerprint())
+        if diff:
+            raise CheckpointError(f"the checkpoint in {folder} was made by a different config: {diff}; "
+                                  "resume with the run's own config.json, or start a new run folder")
+        try:
+            ckpt.verify_payloads(folder, [f"learner-{name}" for name in config.learner_names] + [GLOBAL])
+        except CheckpointError as error:
+            raise _Unusable(str(error)) from None
+        state["folder"] = folder if not folder.native else str(folder)
+        return state
+
+    def _check_is_folder(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise RunFolderError(f"--run-dir {self.path} is a file, not a folder; choose a folder path "
+                                 "(nothing was changed)")
+
+    def _make(self) -> None:
+        try:
+            self.path.make_dir()
+        except OSError as error:  # a file on the way, no permission, a read-only store
+            raise RunFolderError(f"cannot create the run folder {self.path} ({error.strerror or error}); choose "
+                                 "a folder you can write to") from None
+
     def load_config(self) -> RunConfig:
+        self._check_is_folder()
         try:
             return RunConfig.from_dict(json.loads((self.path / "config.json").read_text()))
         except FileNotFoundError:
@@ -109,6 +238,30 @@ class RunFolder:
         final = self.path / "final"
         (final / "global.pt").write_bytes(ckpt.tensor_bytes(global_state))
         ckpt.write_json_atomic(final / "summary.json", summary)
+
+
+class _Unusable(Exception):
+    """A checkpoint that cannot be resumed from; the message says which and why."""
+
+
+def _step_of(folder: Location) -> int | None:
+    """The global step a checkpoint folder says it holds (state.json, else a Ray `step-N` name), or None."""
+    try:
+        return ckpt.read_state(folder)["global_step"]
+    except (CheckpointError, KeyError):
+        pass
+    name = folder.name.removeprefix("step-")
+    return int(name) if name.isdigit() else None
+
+
+def _newest_first(folder: Location) -> float:
+    step = _step_of(folder)
+    return -step if step is not None else -float("inf")  # a folder whose step is unknown is tried (and named) first
+
+
+def _check_data(config: RunConfig) -> None:
+    check_training_data(config.data.dataset, config.data.root, download=config.data.download,
+                        val_size=config.data.val_size)
 
 
 def selection_score(metrics: dict[str, float], select_on: str) -> tuple[float, float]:

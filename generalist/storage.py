@@ -30,6 +30,34 @@ from generalist.errors import RunFolderError
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (os.umask can only be read by setting it, which would
+    race with the Ray driver's other threads creating files meanwhile)."""
+    try:
+        with open("/proc/self/status") as status:  # Linux >= 4.7
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def give_umask_mode(path: str | os.PathLike | int, mode: int = 0o666) -> None:
+    """Give a file (a path or an open descriptor) made by `tempfile` the mode `open()` would have given it.
+
+    `tempfile.mkstemp` makes files 0600 and `mkdtemp` folders 0700 whatever the umask, so a file renamed into
+    a run folder from one would be unreadable to the other users of shared storage; pass mode 0o777 for a
+    folder."""
+    wanted = mode & ~current_umask()
+    if isinstance(path, int):
+        os.fchmod(path, wanted)
+    else:
+        os.chmod(path, wanted)
+
+
 class Location:
     """A file or folder: `fs` (a pyarrow filesystem) and `path` on it (the URI's scheme stripped).
 
@@ -143,6 +171,7 @@ class Location:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=f".{self.name}.")
         try:
+            give_umask_mode(fd)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,3 +76,57 @@ def local_ray():
              logging_level="error")
     yield ray
     ray.shutdown()
+
+
+# --- a real `ray start --head` (tests/ray/test_driver_and_jobs.py, test_deploy_jobs.py) -----------------
+
+RAY_BIN = Path(sys.executable).parent / "ray"
+
+
+def wait_for_job_agent(address: str, env: dict, *, deadline_s: float = 600.0, head=None) -> None:
+    """Return once the head at `address` runs jobs: a no-op job is submitted until one succeeds.
+
+    A fresh head's job agent registers some time after `ray start` returns; on a loaded machine that took
+    longer than any fixed number of quick retries, so this polls against a deadline of minutes instead. `head`
+    (a Popen of `ray start --block`) ends the wait early if it exits."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            probe = subprocess.run([str(RAY_BIN), "job", "submit", "--address", address, "--", "true"], env=env,
+                                   capture_output=True, text=True, timeout=max(10.0, deadline - time.monotonic()))
+            if probe.returncode == 0:
+                return
+            last = (probe.stdout + probe.stderr)[-2000:]
+        except subprocess.TimeoutExpired:
+            last = "the probe job did not finish before the deadline"
+        if time.monotonic() > deadline or (head is not None and head.poll() is not None):
+            pytest.fail(f"the Ray head at {address} did not run a job within {deadline_s:.0f} s: {last}")
+        time.sleep(3)
+
+
+def processes_of(marker: str) -> list[int]:
+    """Every process (but this one) whose command line holds `marker`, such as a head node's temp dir."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                if marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(proc.name))
+            except OSError:
+                pass
+    return pids
+
+
+def stop_processes_of(marker: str) -> None:
+    """Stop a head node's processes: every process whose command line names its temp dir. Not `ray stop`,
+    which would also stop every other Ray on this machine (other tests', other users')."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in processes_of(marker):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 15
+        while processes_of(marker) and time.monotonic() < deadline:
+            time.sleep(0.3)
+    assert not processes_of(marker), "the head node left processes behind"

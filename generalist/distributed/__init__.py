@@ -8,10 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from generalist.config import RunConfig
 
+if TYPE_CHECKING:
+    from generalist.run_folder import Resume
 
-def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, max_rounds: int | None = None,
+
+def train(config: RunConfig, run_dir: str | Path, *, resume: bool | Resume = False,
+                max_rounds: int | None = None,
           address: str | None = None, quiet: bool = False) -> dict:
     """Train `config` into `run_dir` on the configured backend; return the run summary."""
     if config.runtime.backend == "local":

@@ -11,7 +11,7 @@ from generalist.config import RunConfig
 from generalist.learner import Learner
 from generalist.mixing import GlobalLearner, StateDict
 from generalist.repro import resolve_device, set_determinism
-from generalist.run_folder import FolderSink, RunFolder, format_table, load_resume_payloads
+from generalist.run_folder import FolderSink, Resume, RunFolder, format_table, load_resume_payloads
 from generalist.training import GLOBAL, RunData, accuracy_fields, prepare_run_data, train_learners
 
 
@@ -34,7 +34,8 @@ def build_learners(config: RunConfig, data: RunData, indices: list[int], device)
     return [Learner(config, k, data.initial_state, data.stream, data.model_kwargs, device) for k in indices]
 
 
-def train_local(config: RunConfig, run_dir: str | Path, *, resume: bool = False, max_rounds: int | None = None,
+def train_local(config: RunConfig, run_dir: str | Path, *, resume: bool | Resume = False,
+                max_rounds: int | None = None,
                 quiet: bool = False) -> dict:
     folder = RunFolder(run_dir)
     state = folder.start(config, resume)

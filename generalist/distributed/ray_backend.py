@@ -30,11 +30,12 @@ from generalist.distributed.coordinator import Coordinator
 from generalist.distributed.collective_sync import CollectiveSync
 from generalist.distributed.local import build_learners, finish
 from generalist.distributed.placement import resolve_gpus, with_gpus
+from generalist.distributed.ray_start import start_local_ray
 from generalist.errors import BackendError, ConfigError, GeneralistError
 from generalist.learner import RoundStats
 from generalist.mixing import GlobalLearner
 from generalist.repro import set_determinism
-from generalist.run_folder import BestTracker, FolderSink, RunFolder, load_resume_payloads
+from generalist.run_folder import BestTracker, FolderSink, Resume, RunFolder, load_resume_payloads
 from generalist.storage import Location, locate
 from generalist.training import (GLOBAL, EpochResult, accuracy_fields, checkpoint_state, epoch_rows, prepare_run_data,
                                  round_rows, train_learners)
@@ -185,8 +186,8 @@ def _connect(address: str | None, config: GeneralistConfig) -> bool:
     cpus = max(os.cpu_count() or 1, int(len(config.learners) * config.runtime.cpus_per_learner + 0.999))
     # Learner logs stay in Ray's session folder (/tmp/ray/session_latest/logs): their progress reaches the
     # driver through the coordinator, and their errors as exceptions.
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-             _node_ip_address="127.0.0.1", configure_logging=True, logging_level="error")
+    start_local_ray(dict(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                         _node_ip_address="127.0.0.1", configure_logging=True, logging_level="error"))
     return True
 
 
@@ -215,7 +216,7 @@ def _sessions(run_dir: Location) -> list[Location]:
     return [child for child in run_dir.children() if child.name.startswith("ray-session-")]
 
 
-def train_ray(config: GeneralistConfig, run_dir: str | Path | Location, *, resume: bool = False,
+def train_ray(config: GeneralistConfig, run_dir: str | Path | Location, *, resume: bool | Resume = False,
               max_rounds: int | None = None, address: str | None = None, quiet: bool = False) -> dict:
     if max_rounds is not None:
         raise ConfigError("max_rounds is a debugging stop of the local backend; stop a Ray run by killing it")

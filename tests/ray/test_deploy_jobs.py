@@ -15,11 +15,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 import pytest
+
+from conftest import stop_processes_of, wait_for_job_agent
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -57,14 +58,7 @@ def cluster():
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     try:
-        deadline = time.monotonic() + 120
-        while True:  # ready once the job agent accepts a job
-            probe = run([str(BIN / "ray"), "job", "submit", "--address", address, "--", "true"], env, 60)
-            if probe.returncode == 0:
-                break
-            if time.monotonic() > deadline or head.poll() is not None:
-                pytest.fail(f"the local Ray head did not accept jobs: {probe.stderr[-2000:]}")
-            time.sleep(3)
+        wait_for_job_agent(address, env, deadline_s=600, head=head)
         yield address, env
     finally:
         os.killpg(head.pid, signal.SIGTERM)
@@ -76,6 +70,7 @@ def cluster():
             os.killpg(head.pid, signal.SIGKILL)  # whatever of our own group is left
         except ProcessLookupError:
             pass
+        stop_processes_of(temp_dir)  # and any of its processes that left our group
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

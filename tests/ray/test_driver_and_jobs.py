@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import stop_processes_of, wait_for_job_agent
 from generalist.checkpoint import load_state_dict_file
 from generalist.distributed import train
 
@@ -58,45 +59,20 @@ def test_a_killed_driver_resumes_with_resume_and_ends_bit_identical(tiny, tmp_pa
 
 @pytest.fixture
 def ray_head(tmp_path, data_root):
-    """A real head node on 127.0.0.1, stopped by the test whatever happens."""
+    """A real head node on 127.0.0.1 whose job agent is up, stopped by the test whatever happens."""
     head_env = {**env(data_root), "RAY_AUTH_MODE": "token"}
     ray_tmp = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
-    start = subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", "--port=6390",
-                            "--dashboard-host=127.0.0.1", "--dashboard-port=8275", "--num-cpus=2",
-                            "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
-                           env=head_env, capture_output=True, text=True, timeout=180)
     try:
+        start = subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", "--port=6390",
+                                "--dashboard-host=127.0.0.1", "--dashboard-port=8275", "--num-cpus=2",
+                                "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
+                               env=head_env, capture_output=True, text=True, timeout=600)
         assert start.returncode == 0, start.stderr[-2000:]
+        wait_for_job_agent("http://127.0.0.1:8275", head_env, deadline_s=600)
         yield head_env
     finally:
-        stop_processes_of(ray_tmp)  # not `ray stop`: that would also stop every other Ray on this machine
+        stop_processes_of(ray_tmp)  # also when `ray start` itself failed or timed out half-way
         shutil.rmtree(ray_tmp, ignore_errors=True)
-
-
-def processes_of(marker: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and int(proc.name) != os.getpid():
-            try:
-                if marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                    pids.append(int(proc.name))
-            except OSError:
-                pass
-    return pids
-
-
-def stop_processes_of(marker: str) -> None:
-    """Stop the head node's processes: every process whose command line names its temp dir."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in processes_of(marker):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + 15
-        while processes_of(marker) and time.time() < deadline:
-            time.sleep(0.3)
-    assert not processes_of(marker), "the head node left processes behind"
 
 
 def test_a_job_submitted_to_a_real_head_node_trains_and_writes_its_run(ray_head, tmp_path, data_root):
@@ -107,12 +83,7 @@ def test_a_job_submitted_to_a_real_head_node_trains_and_writes_its_run(ray_head,
                "--runtime-env-json", json.dumps(runtime_env), "--",
                sys.executable, "jobs/run_job.py", "--recipe", "generalist-d-small", "--runs-root", str(runs_root),
                "--seed", "1", *TINY_ARGS[:-1]]
-    # A fresh head's job agent can take a while to come up; the submit fails fast and says so.
-    for _ in range(20):
-        submit = subprocess.run(command, env=ray_head, capture_output=True, text=True, timeout=900)
-        if "No available agent" not in submit.stdout + submit.stderr:
-            break
-        time.sleep(3)
+    submit = subprocess.run(command, env=ray_head, capture_output=True, text=True, timeout=900)
     assert submit.returncode == 0, (submit.stdout[-3000:], submit.stderr[-2000:])
     assert "succeeded" in submit.stdout.lower()
     run_dir = runs_root / "generalist-d-small-seed1"

@@ -109,7 +109,8 @@ def test_a_missing_dataset_folder_is_one_error_line_that_names_the_fix(holding_d
     result = cli("train", *MNIST, "--backend", "local", "--data-root", empty, "--run-dir", holding_dir)
 
     assert_one_line_error(result, "MNIST not found", str(empty), "--data-root")
-    assert all(snapshot(holding_dir)[name] == data for name, data in before.items())
+    # Nothing written: after the data is fixed, the same command must not find "a run" there already.
+    assert snapshot(holding_dir) == before
 
 
 def test_a_corrupt_dataset_file_is_one_error_line_that_names_the_file(holding_dir, tmp_path, data_root):
@@ -151,6 +152,64 @@ def test_resuming_from_a_corrupt_checkpoint_is_refused_and_left_untouched(finish
     assert_one_line_error(result, str(target), "corrupt")
     after = snapshot(run)
     assert all(after[name] == data for name, data in before.items()), "a file of the run was changed"
+
+
+def test_a_run_folder_that_is_a_file_is_one_error_line_and_the_file_is_untouched(tmp_path, data_root):
+    path = tmp_path / "results.txt"
+    path.write_text("mine\n")
+
+    fresh = cli("train", *MNIST, "--backend", "local", "--data-root", data_root, "--run-dir", path)
+    resumed = cli("train", "--resume", "--run-dir", path)
+
+    for result in (fresh, resumed):
+        assert_one_line_error(result, f"--run-dir {path} is a file", "choose a folder path")
+    assert path.read_text() == "mine\n"
+
+
+def test_resume_from_a_step_the_run_does_not_hold_is_one_line_naming_the_steps_it_holds(finished_run):
+    before = snapshot(finished_run)
+
+    result = cli("train", "--run-dir", finished_run, "--resume-from", "999")
+
+    assert_one_line_error(result, "--resume-from 999", "no checkpoint of step 999", "it holds steps 8")
+    assert snapshot(finished_run) == before
+
+
+def test_restart_if_no_checkpoint_without_resume_is_one_error_line(tmp_path):
+    result = cli("train", *MNIST, "--run-dir", tmp_path / "run", "--restart-if-no-checkpoint")
+
+    assert_one_line_error(result, "--restart-if-no-checkpoint goes with --resume")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", [["train", *MNIST, "--run-dir", "unused"], ["eval", "unused"]],
+                         ids=["train", "eval"])
+def test_an_unexpected_exception_is_one_line_naming_it_and_debug_shows_the_traceback(monkeypatch, capsys, command):
+    from generalist import cli as cli_module, eval_cli
+
+    def broken(args):
+        raise RuntimeError("something nobody foresaw\non two lines")
+
+    monkeypatch.setattr(cli_module, "_train", broken)
+    monkeypatch.setattr(eval_cli, "run_eval", broken)
+
+    code = cli_module.main(command)
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err == ("error: unexpected RuntimeError: something nobody foresaw on two lines; run again with --debug "
+                   "for the traceback\n")
+
+    with pytest.raises(RuntimeError, match="nobody foresaw"):  # --debug lets it reach Python, traceback and all
+        cli_module.main([command[0], "--debug", *command[1:]])
+
+
+def test_debug_before_the_command_also_shows_the_traceback_of_a_user_error(capsys):
+    from generalist import cli as cli_module
+
+    code = cli_module.main(["--debug", "config", "--recipe", "generalist-dd"])
+
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" in err and err.rstrip().splitlines()[-1].startswith("error: unknown recipe")
 
 
 def test_a_tiny_training_run_writes_its_config_first_and_its_summary_last(finished_run, data_root):

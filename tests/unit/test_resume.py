@@ -19,6 +19,7 @@ from conftest import tiny_config
 from generalist.checkpoint import load_payload, load_state_dict_file, read_state
 from generalist.distributed import train
 from generalist.errors import CheckpointError, DataError, RunFolderError, TrainingDiverged
+from generalist.run_folder import Resume
 from generalist.training import RunStopped
 
 SMALL = ["data.train_subset=200", "data.batch_size=32", "mixing.sync_every=2", "runtime.checkpoint_every_rounds=1"]
@@ -128,27 +129,121 @@ def test_a_stopped_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(refe
     assert_matches_reference(run, reference_run)
 
 
-def test_a_run_stopped_before_its_first_checkpoint_can_be_resumed(reference_run, tmp_path):
+def test_resuming_a_run_stopped_before_its_first_checkpoint_stops_unless_asked_to_train_again(reference_run, tmp_path):
     run = tmp_path / "run"
     stop_after(small_config("runtime.checkpoint_every_rounds=0"), run, 2)
     assert not (run / "checkpoints").exists()
+    before = snapshot(run)
 
-    train(small_config(), run, resume=True, quiet=True)
+    with pytest.raises(RunFolderError, match="no checkpoint yet.*--restart-if-no-checkpoint"):
+        train(small_config(), run, resume=True, quiet=True)
+    assert snapshot(run) == before
 
+    train(small_config(), run, resume=Resume(restart_if_no_checkpoint=True), quiet=True)
     assert_matches_reference(run, reference_run)
 
 
-def test_a_run_that_failed_on_its_dataset_resumes_with_the_right_data_folder(reference_run, tmp_path):
+def test_a_folder_that_holds_no_checkpoint_yet_starts_a_new_run_without_resume(reference_run, tmp_path):
+    run = tmp_path / "run"
+    stop_after(small_config("runtime.checkpoint_every_rounds=0", "seed=7"), run, 2)
+
+    train(small_config(), run, quiet=True)
+
+    assert_matches_reference(run, reference_run)
+    assert json.loads((run / "config.json").read_text())["seed"] == 0
+
+
+def test_a_run_that_failed_on_its_dataset_wrote_nothing_and_the_same_command_then_starts(reference_run, tmp_path):
     run, empty = tmp_path / "run", tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DataError, match="not found"):
         train(small_config(f'data.root="{empty}"'), run, quiet=True)
-    with pytest.raises(RunFolderError, match="--resume"):  # the folder now holds the failed run's config
-        train(small_config(), run, quiet=True)
+    assert not run.exists(), "the run folder was made before the data was known good"
 
-    train(small_config(), run, resume=True, quiet=True)
+    train(small_config(), run, quiet=True)
 
     assert_matches_reference(run, reference_run)
+
+
+@pytest.fixture
+def two_checkpoints(tmp_path) -> Path:
+    """A run whose folder holds a Ray session's checkpoint of step 4 and checkpoints/last of step 6, both whole.
+
+    The step-4 copy stands for an earlier Ray session (same files, Ray Train's folder name); resuming from
+    either must still end bit-identical to the uninterrupted run."""
+    run = tmp_path / "run"
+    stop_after(small_config(), run, 2)
+    assert read_state(run / "checkpoints" / "last")["global_step"] == 4
+    shutil.copytree(run / "checkpoints" / "last", run / "ray-session-1" / "step-0000000004")
+    with pytest.raises(RunStopped):
+        train(small_config(), run, resume=True, max_rounds=1, quiet=True)
+    assert read_state(run / "checkpoints" / "last")["global_step"] == 6
+    return run
+
+
+@pytest.mark.parametrize("damage", ["truncated-learner-file", "state-json-deleted"])
+def test_a_broken_newest_checkpoint_is_named_and_the_one_before_it_is_resumed(reference_run, two_checkpoints,
+                                                                             capsys, damage):
+    last = two_checkpoints / "checkpoints" / "last"
+    if damage == "truncated-learner-file":
+        path = last / "learner-natural.pt"
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        (last / "state.json").unlink()
+    capsys.readouterr()
+
+    train(small_config(), two_checkpoints, resume=True, quiet=True)
+
+    out, err = capsys.readouterr()
+    broken = "learner-natural.pt" if damage == "truncated-learner-file" else "state.json"
+    assert f"skipped a checkpoint: {last / broken}" in err, err
+    assert f"resuming from {two_checkpoints / 'ray-session-1' / 'step-0000000004'} (step 4)" in out, out
+    assert_matches_reference(two_checkpoints, reference_run)
+
+
+def test_with_every_checkpoint_broken_resume_names_them_and_stops_unless_asked_to_train_again(reference_run,
+                                                                                            two_checkpoints):
+    (two_checkpoints / "checkpoints" / "last" / "state.json").unlink()
+    (two_checkpoints / "ray-session-1" / "step-0000000004" / "state.json").unlink()
+    before = snapshot(two_checkpoints)
+
+    with pytest.raises(CheckpointError, match="no usable checkpoint") as refused:
+        train(small_config(), two_checkpoints, resume=True, quiet=True)
+    assert str(refused.value).count("state.json is missing") == 2 and "--restart-if-no-checkpoint" in str(refused.value)
+    assert snapshot(two_checkpoints) == before, "a refused resume changed the run folder"
+
+    train(small_config(), two_checkpoints, resume=Resume(restart_if_no_checkpoint=True), quiet=True)
+    assert_matches_reference(two_checkpoints, reference_run)
+
+
+@pytest.mark.parametrize("source", ["step", "folder", "folder-relative-to-the-run"])
+def test_resume_from_a_step_or_a_folder_continues_from_exactly_that_checkpoint(reference_run, two_checkpoints,
+                                                                               capsys, source):
+    chosen = two_checkpoints / "ray-session-1" / "step-0000000004"
+    given = {"step": "4", "folder": str(chosen), "folder-relative-to-the-run": "ray-session-1/step-0000000004"}[source]
+    capsys.readouterr()
+
+    train(small_config(), two_checkpoints, resume=Resume(source=given), quiet=True)
+
+    assert f"resuming from {chosen} (step 4)" in capsys.readouterr().out
+    assert_matches_reference(two_checkpoints, reference_run)
+
+
+def test_resume_from_a_step_no_checkpoint_holds_names_the_steps_there_are(two_checkpoints):
+    before = snapshot(two_checkpoints)
+
+    with pytest.raises(CheckpointError, match="no checkpoint of step 5; it holds steps 4, 6"):
+        train(small_config(), two_checkpoints, resume=Resume(source="5"), quiet=True)
+
+    assert snapshot(two_checkpoints) == before
+
+
+def test_resume_from_a_broken_checkpoint_is_refused_rather_than_replaced_by_another(two_checkpoints):
+    path = two_checkpoints / "ray-session-1" / "step-0000000004" / "global.pt"
+    path.write_bytes(path.read_bytes()[:100])
+
+    with pytest.raises(CheckpointError, match=f"--resume-from 4: {path} is corrupt or truncated"):
+        train(small_config(), two_checkpoints, resume=Resume(source="4"), quiet=True)
 
 
 def test_a_crash_in_the_middle_of_a_checkpoint_swap_still_resumes(reference_run, tmp_path):

@@ -182,6 +182,31 @@ def test_a_local_write_that_cannot_finish_leaves_the_target_and_no_temporary_fil
     assert (tmp_path / "state.json" / "keep").read_text() == "x"
 
 
+@pytest.fixture
+def umask():
+    """Set the process umask for one test, and put the old one back."""
+    old = os.umask(0o022)
+    yield lambda mask: os.umask(mask)
+    os.umask(old)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_run_files_and_checkpoint_folders_get_the_modes_the_users_umask_gives(tmp_path, umask, mask):
+    umask(mask)
+    run = tmp_path / "run"
+    locate(run / "config.json").write_text("{}")
+    write_checkpoint(run / "checkpoints" / "last", payloads(1), state(1))
+    metrics = MetricsLog(run)
+    metrics.append("rounds", [{"global_step": 1, "loss": 0.5}])
+    metrics.flush()
+
+    # What `open()` and `mkdir` give under this umask, as any other tool's output would have.
+    modes = {str(p.relative_to(run)): p.stat().st_mode & 0o777 for p in run.rglob("*")}
+    assert {name: oct(m) for name, m in modes.items() if m != (0o777 if (run / name).is_dir() else 0o666) & ~mask} \
+        == {}, f"umask {oct(mask)}"
+    assert "config.json" in modes and "checkpoints/last/state.json" in modes and "metrics/rounds.parquet" in modes
+
+
 def payloads(step: int) -> dict[str, dict]:
     return {"global": {"state": {"w": torch.full((3,), float(step))}, "ema_steps": step},
             "learner-linf": {"model": {"w": torch.full((2,), -float(step))}, "steps_done": step}}
