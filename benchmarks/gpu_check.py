@@ -99,7 +99,7 @@ def plan(device: str, smoke: bool, python: str, dataset: str | None = None) -> l
     else:
         epoch_recipes = ["pgd-at", "generalist-d", "generalist-t"]
         epoch_extra = ["--steps", "5", "--warmup", "2"]
-        sync_args = ["--models", "resnet18", "--learners", "2", "3", "--rounds", "20"]
+        sync_args = ["--models", "resnet18", "--learners", "2", "3", "--rounds", "15"]
         side_args = ["--recipes", "generalist-d", "generalist-t", "--steps", "20", "--warmup", "5"]
         budgets = (150, 90, 130, 110)
     if dataset:  # speed parts on another dataset (synthetic-cifar10: CIFAR-10's shapes where its files are not)
