@@ -114,20 +114,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="side-by-side-") as tmp:
         root = Path(args.keep) if args.keep else Path(tmp)
-        results = [compare(r, args.device, args.steps, args.warmup, args.precision, root, args.overrides)
-                   for r in args.recipes]
-    print(f"# time per iteration, median of {args.steps - args.warmup} after {args.warmup} warm-up; "
-          f"{describe_device(args.device)}; torch {torch.__version__}; precision {args.precision}; one run each")
-    print("| recipe | K | ray placement | in-process s / iter | ray s / iter | speed-up (in-process / ray) | goal |")
-    print("|---|---|---|---|---|---|---|")
-    for r in results:
-        goal = (f">= {r['goal']:g}: {'met' if r['ratio'] >= r['goal'] else 'not met'}" if r["goal"] is not None
-                else "- (goals are for one GPU per learner)")
-        print(f"| {r['recipe']} | {r['K']} | {r['placement']} | {r['local']:.4f} | {r['ray']:.4f} | "
-              f"{r['ratio']:.2f} | {goal} |")
+        print(f"# time per iteration, median of {args.steps - args.warmup} after {args.warmup} warm-up; "
+              f"{describe_device(args.device)}; torch {torch.__version__}; precision {args.precision}; one run each")
+        print("| recipe | K | ray placement | in-process s / iter | ray s / iter | speed-up (in-process / ray) | goal |")
+        print("|---|---|---|---|---|---|---|", flush=True)
+        results = []
+        for recipe in args.recipes:  # each row as soon as it is measured: a killed run keeps what it had
+            results.append(compare(recipe, args.device, args.steps, args.warmup, args.precision, root, args.overrides))
+            print_row(results[-1])
     print("# wall seconds of each whole run (setup and validation included): " + "; ".join(
         f"{r['recipe']} in-process {r['walls']['local']:.0f}, ray {r['walls']['ray']:.0f}" for r in results))
     return 0
+
+
+def print_row(r: dict) -> None:
+    goal = (f">= {r['goal']:g}: {'met' if r['ratio'] >= r['goal'] else 'not met'}" if r["goal"] is not None
+            else "- (goals are for one GPU per learner)")
+    print(f"| {r['recipe']} | {r['K']} | {r['placement']} | {r['local']:.4f} | {r['ray']:.4f} | "
+          f"{r['ratio']:.2f} | {goal} |", flush=True)
 
 
 if __name__ == "__main__":
