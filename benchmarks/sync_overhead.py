@@ -69,10 +69,11 @@ def bench_config(model_name: str, k: int, device: str, batch_size: int) -> Gener
 
 
 def epochs_of(config: GeneralistConfig) -> dict[str, int]:
-    """An epoch of each kind of sync: plain (every learner carries weight) and redistributing."""
-    epochs = range(1, config.schedule.epochs + 1)
-    plain = next(e for e in epochs if all(mixing_weights(e, config)) and not is_communication_epoch(e, config))
-    redistributing = next(e for e in epochs if is_communication_epoch(e, config))
+    """An epoch of each kind of sync, in the mixing phase (every learner carries weight, so every state moves):
+    plain (not a communication epoch) and redistributing (a communication epoch)."""
+    mixing = [e for e in range(1, config.schedule.epochs + 1) if all(mixing_weights(e, config))]
+    plain = next(e for e in mixing if not is_communication_epoch(e, config))
+    redistributing = next(e for e in mixing if is_communication_epoch(e, config))
     return {"plain": plain, "redistributing": redistributing}
 
 
