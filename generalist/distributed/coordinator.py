@@ -6,12 +6,20 @@ worker group's collectives (generalist.distributed.collective_sync). The coordin
 - the mixing plan: what each epoch's syncs do (weights, redistribution), handed to the learners at join;
 - arrivals: the step each learner last reached a sync for, so a learner stuck in a collective can name the
   learners that never arrived;
-- the metrics relay: learners' rows, drained by the driver, which writes them to the run folder.
+- the metrics relay: learners' rows, drained by the driver, which writes them to the run folder;
+- the run's fatal error: a learner that meets an error a restart would only repeat (a diverged loss) records
+  it here, and the driver ends the run at once instead of letting Ray Train retry it.
+
+The driver creates it restartable: if its process dies, Ray starts it again under the same name. A new
+incarnation knows nothing of the old one's state, so the learners, on seeing a new incarnation, fail over
+to their last checkpoint like after any process failure (generalist.distributed.ray_backend).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 
 import ray
 
@@ -35,6 +43,9 @@ class Coordinator:
         self.learner_pids: dict[int, int] = {}
         self.learner_gpus: dict[int, list[str]] = {}  # the GPU ids Ray gave each learner actor
         self.restarts = 0
+        self.joins = 0  # learner groups (re)started under this incarnation
+        self.incarnation = time.time_ns()  # a restarted coordinator is a new incarnation
+        self.fatal: dict | None = None
 
     # --- learner group start / restart -------------------------------------------------------------
 
@@ -57,9 +68,10 @@ class Coordinator:
                 if self.global_step > step:
                     self.restarts += 1
                 self.global_step = step
+                self.joins += 1
                 self.arrived = {k: step for k in range(self.num_learners)}
                 self.rows.append(("restart", {"global_step": step}))
-                self.join_done.set_result({"start_step": step, "plan": self.plan})
+                self.join_done.set_result({"start_step": step, "plan": self.plan, "incarnation": self.incarnation})
         return await self.join_done
 
     # --- arrivals: who reached which sync ----------------------------------------------------------
@@ -76,13 +88,26 @@ class Coordinator:
 
     # --- metrics relay and status ------------------------------------------------------------------
 
-    def report_rows(self, table: str, rows: list[dict]) -> None:
+    def report_rows(self, table: str, rows: list[dict]) -> int:
+        """Keep rows for the driver; returns this incarnation (a learner that waits for the answer checks it)."""
         self.rows.extend((table, row) for row in rows)
+        return self.incarnation
+
+    def fail(self, rank: int, error_type: str, message: str) -> None:
+        """Learner `rank` met an error that a restart would repeat; the first one is the run's error."""
+        if self.fatal is None:
+            self.fatal = {"rank": rank, "type": error_type, "message": message}
 
     def drain(self) -> dict:
         """Rows since the last drain, plus status for the driver's progress line."""
         rows, self.rows = self.rows, []
-        return {"rows": rows, "global_step": self.global_step, "restarts": self.restarts}
+        return {"rows": rows, "global_step": self.global_step, "restarts": self.restarts,
+                "incarnation": self.incarnation, "fatal": self.fatal}
+
+    def status(self) -> dict:
+        """Where the run is, without taking the rows the driver drains (for operators and tests)."""
+        return {"global_step": self.global_step, "restarts": self.restarts, "joins": self.joins,
+                "incarnation": self.incarnation, "pid": os.getpid(), "fatal": self.fatal}
 
     def learners(self) -> dict[int, dict]:
         """Process id and GPU ids of each learner actor (for operators, and for fault-injection tests)."""

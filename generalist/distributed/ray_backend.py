@@ -22,16 +22,18 @@ import torch
 import torch.distributed as dist
 from ray import train as ray_train
 from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.torch import TorchConfig
 
 from generalist import checkpoint as ckpt
 from generalist.config import RunConfig as GeneralistConfig
-from generalist.distributed.coordinator import Coordinator
+from generalist.distributed.abortable_trainer import AbortableTorchTrainer
 from generalist.distributed.collective_sync import CollectiveSync
+from generalist.distributed.coordinator import Coordinator
 from generalist.distributed.local import build_learners, finish
 from generalist.distributed.placement import resolve_gpus, with_gpus
 from generalist.distributed.ray_start import start_local_ray
-from generalist.errors import BackendError, ConfigError, GeneralistError
+from generalist.errors import (BackendError, CheckpointError, ConfigError, DataError, GeneralistError,
+                               TrainingDiverged)
 from generalist.learner import RoundStats
 from generalist.mixing import GlobalLearner
 from generalist.repro import set_determinism
@@ -44,15 +46,26 @@ from generalist.training import (GLOBAL, EpochResult, accuracy_fields, checkpoin
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
+class CoordinatorRestarted(RuntimeError):
+    """Raised in a learner whose coordinator came back as a new incarnation: a process failure like a dead
+    learner (not a GeneralistError), so Ray Train restarts the group from the last checkpoint."""
+
+
+# Errors that a restart would only repeat: the run ends at once instead of being retried.
+DETERMINISTIC_ERRORS = (TrainingDiverged, ConfigError, DataError, CheckpointError)
+
+
 class WorkerSink:
     """A learner actor's metrics go to the coordinator (the driver writes them); checkpoints to Ray Train."""
 
     FLUSH_EVERY_S = 0.5  # round rows go out in batches: one message per round would sit in the sync's path
 
-    def __init__(self, config: GeneralistConfig, rank: int, coordinator, run_dir: Location | None, best_score):
+    def __init__(self, config: GeneralistConfig, rank: int, coordinator, run_dir: Location | None, best_score,
+                 incarnation: int):
         self.config = config
         self.rank = rank
         self.coordinator = coordinator
+        self.incarnation = incarnation
         # Rank 0 keeps checkpoints/best in the run folder (a path on this node, or shared storage).
         self.best = BestTracker(config, RunFolder(run_dir), best_score) if rank == 0 and run_dir else None
         self.pending: list[dict] = []
@@ -69,13 +82,20 @@ class WorkerSink:
             self.pending = []
         self.last_flush = time.monotonic()
 
-    def on_epoch(self, result: EpochResult) -> None:
+    def send_and_wait(self, table: str, rows: list[dict]) -> None:
+        """Rows the run must not lose (evaluations; everything before a checkpoint), with a check that the
+        coordinator is still the one this learner group joined."""
         self.flush()
-        ray.get(self.coordinator.report_rows.remote("epochs", epoch_rows(result)))
+        if ray.get(self.coordinator.report_rows.remote(table, rows)) != self.incarnation:
+            raise CoordinatorRestarted("the coordinator was restarted: the learner group restarts from its last "
+                                       "checkpoint")
+
+    def on_epoch(self, result: EpochResult) -> None:
+        self.send_and_wait("epochs", epoch_rows(result))
 
     def checkpoint(self, global_step: int, payloads: dict[str, dict], end_of_epoch: bool,
                    result: EpochResult | None) -> None:
-        self.flush()
+        self.send_and_wait("rounds", [])
         if self.best is not None:
             self.best.update(result, payloads, global_step)
         state = checkpoint_state(self.config, global_step, end_of_epoch, self.best.best_score if self.best else None)
@@ -95,8 +115,7 @@ def learner_worker(spec: dict) -> None:
     config = GeneralistConfig.from_dict(spec["config"])
     rank = ray_train.get_context().get_world_rank()
     set_determinism(config.runtime.deterministic, config.runtime.threads)
-    use_cuda = config.runtime.gpus_per_learner > 0 and config.runtime.device != "cpu"
-    device = ray_train.torch.get_device() if use_cuda else torch.device("cpu")
+    device = _learner_device(config, rank)
     coordinator = ray.get_actor(spec["coordinator"], namespace=spec["namespace"])
     data = prepare_run_data(config)
     (learner,) = build_learners(config, data, [rank], device)
@@ -124,11 +143,27 @@ def learner_worker(spec: dict) -> None:
         plan=joined["plan"],
         on_arrive=lambda step: coordinator.arrive.remote(rank, step),  # fire and forget
         missing=lambda step: ray.get(coordinator.missing.remote(step), timeout=30))
-    sink = WorkerSink(config, rank, coordinator, spec["run_location"], best_score)
-    train_learners(config, data, [learner], sync, sink, start_step=start_step, owns_global=rank == 0,
-                   global_state_for_eval=sync.global_state, device=device)
+    sink = WorkerSink(config, rank, coordinator, spec["run_location"], best_score, joined["incarnation"])
+    try:
+        train_learners(config, data, [learner], sync, sink, start_step=start_step, owns_global=rank == 0,
+                       global_state_for_eval=sync.global_state, device=device)
+    except DETERMINISTIC_ERRORS as error:
+        coordinator.fail.remote(rank, type(error).__name__, str(error))  # the driver ends the run on it
+        raise
     sync.close()
     sink.flush()
+
+
+def _learner_device(config: GeneralistConfig, rank: int) -> torch.device:
+    """The GPU Ray gave this learner, or the CPU: with runtime.device=auto a learner that was given a GPU but
+    sees no CUDA device (a cluster that advertises GPUs it has no driver for) trains on its CPU."""
+    runtime = config.runtime
+    if runtime.gpus_per_learner and runtime.device != "cpu" and torch.cuda.is_available():
+        return ray_train.torch.get_device()
+    if runtime.device == "cuda":
+        raise ConfigError(f"runtime.device=cuda but learner {rank} sees no CUDA GPU (a driver missing on its node?); "
+                          "use runtime.device=auto to train on CPUs")
+    return torch.device("cpu")
 
 
 def mixing_group(config: GeneralistConfig, device: torch.device) -> dist.ProcessGroup | None:
@@ -237,7 +272,10 @@ def _fit(config: GeneralistConfig, folder: RunFolder, state: dict | None, quiet:
     namespace = ray.get_runtime_context().namespace
     session = len(_sessions(folder.path)) + 1
     name = f"generalist-coordinator-{os.getpid()}-{session}-{time.time_ns()}"
-    coordinator = Coordinator.options(name=name, namespace=namespace).remote(config)
+    # Restartable: a dead coordinator comes back under the same name, calls to it wait for it, and the learners
+    # fail over to their last checkpoint when they see its new incarnation (counted against max_failures).
+    coordinator = Coordinator.options(name=name, namespace=namespace, max_restarts=-1,
+                                      max_task_retries=-1).remote(config)
     spec = {"config": config.to_dict(), "coordinator": name, "namespace": namespace, "run_location": folder.path,
             # An earlier session's (or the local backend's) checkpoint; restarts inside this session use
             # the checkpoints Ray Train has seen reported instead.
@@ -245,7 +283,7 @@ def _fit(config: GeneralistConfig, folder: RunFolder, state: dict | None, quiet:
     runtime = config.runtime
     use_gpu = runtime.gpus_per_learner > 0
     resources = {"CPU": runtime.cpus_per_learner, **({"GPU": runtime.gpus_per_learner} if use_gpu else {})}
-    trainer = TorchTrainer(
+    trainer = AbortableTorchTrainer(
         learner_worker,
         train_loop_config=spec,
         # gloo here; learners with a GPU each add an NCCL group for the mixing (mixing_group). The groups'
@@ -270,41 +308,84 @@ def _fit(config: GeneralistConfig, folder: RunFolder, state: dict | None, quiet:
             outcome["error"] = error
 
     started = time.perf_counter()
-    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(timeout=2.0)
-        _relay(ray.get(coordinator.drain.remote()), sink, config)
-    _relay(ray.get(coordinator.drain.remote()), sink, config)
-    sink.metrics.persist()
-    if "error" in outcome:
-        user_error = _user_error(outcome["error"])
-        if user_error is not None:
-            raise user_error
-        error = outcome["error"]
-        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else ""
-        raise BackendError(f"the learner group failed (after up to {config.runtime.max_failures} restarts): "
-                           f"{type(error).__name__}: {first_line}; fix the cause and continue with --resume") \
-            from error
-    result = outcome["result"]
-    # Training ends with an end-of-epoch checkpoint, which holds the final global learner.
-    with result.checkpoint.as_directory() as last:
-        sink.best.best_score = ckpt.read_state(last).get("best_score")
-        global_state = ckpt.load_payload(last, GLOBAL, "cpu")["state"]
-    ray.kill(coordinator)
-    sink.metrics.flush()
+    try:
+        thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+        thread.start()
+        fatal = None
+        while thread.is_alive():
+            thread.join(timeout=2.0)
+            status = ray.get(coordinator.drain.remote())
+            _relay(status, sink, config)
+            if status["fatal"] and fatal is None:
+                fatal = status["fatal"]
+                trainer.abort()  # a restart would fail the same way: no retry
+        status = ray.get(coordinator.drain.remote())
+        _relay(status, sink, config)
+        sink.metrics.persist()
+        fatal = fatal or status["fatal"]
+        if fatal is not None:
+            raise {cls.__name__: cls for cls in DETERMINISTIC_ERRORS}[fatal["type"]](fatal["message"])
+        if "error" in outcome:
+            user_error = _user_error(outcome["error"])
+            if user_error is not None:  # a deterministic error the coordinator had not heard of yet
+                raise user_error
+            raise BackendError(f"the learner group failed after {config.runtime.max_failures} restart(s) "
+                               f"(runtime.max_failures): {describe_failure(outcome['error'], config)}; fix the cause "
+                               "and continue with --resume") from outcome["error"]
+        result = outcome["result"]
+        # Training ends with an end-of-epoch checkpoint, which holds the final global learner.
+        with result.checkpoint.as_directory() as last:
+            sink.best.best_score = ckpt.read_state(last).get("best_score")
+            global_state = ckpt.load_payload(last, GLOBAL, "cpu")["state"]
+        sink.metrics.flush()
+    finally:
+        ray.kill(coordinator)  # on every way out: a named actor would outlive the run
     return finish(config, folder, global_state, sink, time.perf_counter() - started, quiet)
 
 
-def _user_error(error: BaseException) -> GeneralistError | None:
-    """The GeneralistError a learner raised, dug out of Ray's wrappers, so the CLI can report it plainly."""
+def describe_failure(error: BaseException, config: GeneralistConfig) -> str:
+    """Which learner failed last and with what exception, in one line, without Ray's generic advice."""
+    failures = _worker_failures(error)
+    if not failures:
+        return f"{type(error).__name__}: {_first_line(error)}"
+    parts = []
+    causes = {rank: getattr(failure, "cause", None) or failure  # a task error wraps the learner's own exception
+              for rank, failure in failures.items()}
+    # A dead process first: the others' errors (a sync that broke) are what its death did to them.
+    for rank, cause in sorted(causes.items(), key=lambda item: (isinstance(item[1], GeneralistError), item[0])):
+        name = config.learner_names[rank] if 0 <= rank < len(config.learners) else f"rank {rank}"
+        parts.append(f"learner {name!r} (rank {rank}): {type(cause).__name__}: {_first_line(cause)}")
+    return "; ".join(parts)
+
+
+def _worker_failures(error: BaseException) -> dict:
     seen, todo = set(), [error]
     while todo:
         current = todo.pop()
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, GeneralistError):
+        if getattr(current, "worker_failures", None):
+            return current.worker_failures
+        todo.extend([current.__cause__, current.__context__])
+    return {}
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else "(no message)"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _user_error(error: BaseException) -> GeneralistError | None:
+    """The deterministic error a learner raised (DETERMINISTIC_ERRORS), dug out of Ray's wrappers."""
+    seen, todo = set(), [error]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, DETERMINISTIC_ERRORS):
             return current
         todo.extend([current.__cause__, current.__context__, getattr(current, "cause", None)])
         todo.extend(getattr(current, "worker_failures", {}).values())

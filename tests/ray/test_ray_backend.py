@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -12,7 +13,7 @@ import torch
 
 from generalist.checkpoint import load_state_dict_file
 from generalist.distributed import train
-from generalist.errors import BackendError
+from generalist.errors import BackendError, TrainingDiverged
 
 pytestmark = pytest.mark.usefixtures("local_ray")
 
@@ -27,10 +28,11 @@ def assert_same_tensors(a: dict, b: dict) -> None:
     assert not differ, f"differ: {differ[:5]}"
 
 
-def coordinator_handle(ray):
+def coordinator_handle(ray, since_ns: int = 0):
+    """The newest run's coordinator, created after `since_ns` (its name ends in its creation time)."""
     for _ in range(600):
         names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                 if a["name"].startswith("generalist-coordinator-")]
+                 if a["name"].startswith("generalist-coordinator-") and int(a["name"].split("-")[-1]) > since_ns]
         if names:
             namespace = ray.get_runtime_context().namespace
             return ray.get_actor(sorted(names)[-1], namespace=namespace)
@@ -148,3 +150,79 @@ def _jsonl(path):
     import json
 
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def watch_coordinator(ray, until, action=None, seen: list | None = None) -> threading.Thread:
+    """A thread that polls the run's coordinator status (without draining its rows) until `until(status)`,
+    then runs `action(coordinator, status)`; every status it saw goes into `seen`."""
+    since = time.time_ns()
+
+    def watch():
+        coordinator = coordinator_handle(ray, since)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                status = ray.get(coordinator.status.remote(), timeout=30)
+            except Exception:  # noqa: BLE001 - the run ended and its coordinator is gone
+                return
+            if seen is not None:
+                seen.append(status)
+            if until(status):
+                if action is not None:
+                    action(coordinator, status)
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    return thread
+
+
+def test_a_killed_coordinator_is_restarted_with_the_learners_and_the_run_ends_bit_identical(tiny, tmp_path, local_ray):
+    overrides = ("schedule.epochs=3", "runtime.checkpoint_every_rounds=3")
+    train(tiny("generalist-d-small", *overrides), tmp_path / "local", quiet=True)
+    killed = []
+
+    def kill(coordinator, status):
+        os.kill(status["pid"], signal.SIGKILL)  # the coordinator's process, mid-epoch 1
+        killed.append(status["global_step"])
+
+    watcher = watch_coordinator(local_ray, lambda s: s["global_step"] >= 7, kill)
+    train(tiny("generalist-d-small", *overrides, "runtime.backend=ray", "runtime.max_failures=1"),
+          tmp_path / "ray", quiet=True)
+    watcher.join()
+    assert killed, "the coordinator was never killed"
+    assert_same_tensors(final_global(tmp_path / "local"), final_global(tmp_path / "ray"))
+    rows = [(r["learner"], r["global_step"]) for r in _jsonl(tmp_path / "ray" / "metrics" / "rounds.jsonl")]
+    assert len(rows) == len(set(rows)), "rounds re-run after the restart were logged twice"
+
+
+def test_a_diverging_learner_ends_the_run_at_once_without_retries(tiny, tmp_path, local_ray):
+    seen: list[dict] = []
+    watcher = watch_coordinator(local_ray, lambda s: s["fatal"] is not None, seen=seen)
+    started = time.monotonic()
+    with pytest.raises(TrainingDiverged, match="natural"):
+        train(tiny("generalist-d-small", "runtime.backend=ray", "runtime.max_failures=3",
+                   "learners.natural.lr=1e9"), tmp_path / "run", quiet=True)
+    watcher.join()
+    joins = max(s["joins"] for s in seen)
+    # Retried, the group would have joined 4 times (the start and 3 restarts), each failing the same way.
+    assert joins <= 2, f"the learner group was started {joins} times"
+    assert time.monotonic() - started < 120
+
+
+def test_a_group_that_fails_too_often_names_the_learner_and_its_exception(tiny, tmp_path, local_ray):
+    def kill(coordinator, status):
+        pid = local_ray.get(coordinator.learners.remote())[1]["pid"]
+        os.kill(pid, signal.SIGKILL)
+
+    watcher = watch_coordinator(local_ray, lambda s: s["global_step"] >= 3, kill)
+    with pytest.raises(BackendError) as error:
+        train(tiny("generalist-d-small", "runtime.backend=ray", "runtime.max_failures=0"), tmp_path / "run",
+              quiet=True)
+    watcher.join()
+    message = str(error.value)
+    # The dead learner comes first, with the exception Ray saw (a failed health check, a died actor); the other
+    # learner's broken sync after it; none of Ray's generic out-of-memory advice, on one line.
+    assert re.search(r"failed after 0 restart\(s\).*: learner 'natural' \(rank 1\): \w+Error: ", message), message
+    assert "memory" not in message.lower() and "\n" not in message, message

@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "generalist.models": 2, "generalist.attacks": 2, "generalist.losses": 2, "generalist.data": 2,
     "generalist.objectives": 2, "generalist.baselines": 2, "generalist.autoattack_eval": 2, "generalist.repro": 2,
     "generalist.performance": 2,  # autocast, memory format, compile of a learner's step
+    "generalist.packed_state": 2,  # a state dict in one buffer: what mixing and the collectives move
     "generalist.storage": 2,  # local paths and pyarrow filesystems (data may read remote stores too)
     "generalist.remote_run": 2,  # local mirrors of remote run folders, for eval and report
     # one learner, the mixing rule, evaluation, checkpoints; the training loop and run folder built on them
