@@ -130,3 +130,38 @@ def stop_processes_of(marker: str) -> None:
         while processes_of(marker) and time.monotonic() < deadline:
             time.sleep(0.3)
     assert not processes_of(marker), "the head node left processes behind"
+
+
+# --- helpers of the Ray backend's tests (imported by test modules as `from conftest import ...`) ----------
+
+
+def final_global(run_dir) -> dict:
+    from generalist.checkpoint import load_state_dict_file as _load_state_dict_file
+
+    return _load_state_dict_file(run_dir / "final" / "global.pt")
+
+
+def assert_same_tensors(a: dict, b: dict) -> None:
+    import torch
+
+    assert set(a) == set(b)
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"differ: {differ[:5]}"
+
+
+def coordinator_handle(ray, since_ns: int = 0):
+    """The newest run's coordinator, created after `since_ns` (its name ends in its creation time)."""
+    for _ in range(600):
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                 if a["name"].startswith("generalist-coordinator-") and int(a["name"].split("-")[-1]) > since_ns]
+        if names:
+            namespace = ray.get_runtime_context().namespace
+            return ray.get_actor(sorted(names)[-1], namespace=namespace)
+        time.sleep(0.1)
+    raise AssertionError("no coordinator actor appeared")
+
+
+def read_jsonl(path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

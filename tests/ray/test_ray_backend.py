@@ -9,35 +9,12 @@ import threading
 import time
 
 import pytest
-import torch
 
-from generalist.checkpoint import load_state_dict_file
+from conftest import assert_same_tensors, coordinator_handle, final_global, read_jsonl
 from generalist.distributed import train
 from generalist.errors import BackendError, TrainingDiverged
 
 pytestmark = pytest.mark.usefixtures("local_ray")
-
-
-def final_global(run_dir) -> dict:
-    return load_state_dict_file(run_dir / "final" / "global.pt")
-
-
-def assert_same_tensors(a: dict, b: dict) -> None:
-    assert set(a) == set(b)
-    differ = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not differ, f"differ: {differ[:5]}"
-
-
-def coordinator_handle(ray, since_ns: int = 0):
-    """The newest run's coordinator, created after `since_ns` (its name ends in its creation time)."""
-    for _ in range(600):
-        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                 if a["name"].startswith("generalist-coordinator-") and int(a["name"].split("-")[-1]) > since_ns]
-        if names:
-            namespace = ray.get_runtime_context().namespace
-            return ray.get_actor(sorted(names)[-1], namespace=namespace)
-        time.sleep(0.1)
-    raise AssertionError("no coordinator actor appeared")
 
 
 @pytest.mark.parametrize("recipe,sync_every", [("generalist-d-small", 1), ("generalist-t-small", 1),
@@ -113,7 +90,7 @@ def test_a_killed_learner_is_restarted_from_the_last_checkpoint_and_the_run_ends
     killer.join()
     assert len(kills) == 2, kills
     assert_same_tensors(final_global(tmp_path / "local"), final_global(tmp_path / "ray"))
-    rows = [(r["learner"], r["global_step"]) for r in _jsonl(tmp_path / "ray" / "metrics" / "rounds.jsonl")]
+    rows = [(r["learner"], r["global_step"]) for r in read_jsonl(tmp_path / "ray" / "metrics" / "rounds.jsonl")]
     assert len(rows) == len(set(rows)), "rounds re-run after a restart were logged twice"
 
 
@@ -144,12 +121,6 @@ def test_a_hung_learner_times_out_into_a_clear_error(tiny, tmp_path, local_ray):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-
-
-def _jsonl(path):
-    import json
-
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def watch_coordinator(ray, until, action=None, seen: list | None = None) -> threading.Thread:
@@ -193,7 +164,7 @@ def test_a_killed_coordinator_is_restarted_with_the_learners_and_the_run_ends_bi
     watcher.join()
     assert killed, "the coordinator was never killed"
     assert_same_tensors(final_global(tmp_path / "local"), final_global(tmp_path / "ray"))
-    rows = [(r["learner"], r["global_step"]) for r in _jsonl(tmp_path / "ray" / "metrics" / "rounds.jsonl")]
+    rows = [(r["learner"], r["global_step"]) for r in read_jsonl(tmp_path / "ray" / "metrics" / "rounds.jsonl")]
     assert len(rows) == len(set(rows)), "rounds re-run after the restart were logged twice"
 
 
