@@ -359,16 +359,8 @@ def describe_failure(error: BaseException, config: GeneralistConfig) -> str:
 
 
 def _worker_failures(error: BaseException) -> dict:
-    seen, todo = set(), [error]
-    while todo:
-        current = todo.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if getattr(current, "worker_failures", None):
-            return current.worker_failures
-        todo.extend([current.__cause__, current.__context__])
-    return {}
+    """rank -> exception of the worker group failure inside `error`, if there is one."""
+    return next((e.worker_failures for e in _error_chain(error) if getattr(e, "worker_failures", None)), {})
 
 
 def _first_line(error: BaseException) -> str:
@@ -379,22 +371,25 @@ def _first_line(error: BaseException) -> str:
 
 def _user_error(error: BaseException) -> GeneralistError | None:
     """The deterministic error a learner raised (DETERMINISTIC_ERRORS), dug out of Ray's wrappers."""
+    return next((e for e in _error_chain(error) if isinstance(e, DETERMINISTIC_ERRORS)), None)
+
+
+def _error_chain(error: BaseException):
+    """`error` and every exception behind it: causes, contexts, Ray's wrapped causes and workers' failures."""
     seen, todo = set(), [error]
     while todo:
         current = todo.pop()
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, DETERMINISTIC_ERRORS):
-            return current
+        yield current
         todo.extend([current.__cause__, current.__context__, getattr(current, "cause", None)])
-        todo.extend(getattr(current, "worker_failures", {}).values())
+        todo.extend(getattr(current, "worker_failures", None) and current.worker_failures.values() or [])
         if hasattr(current, "as_instanceof_cause"):
             try:
                 todo.append(current.as_instanceof_cause())
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - a wrapper that cannot rebuild its cause adds nothing
                 pass
-    return None
 
 
 def _relay(status: dict, sink: FolderSink, config: GeneralistConfig) -> None:

@@ -1,5 +1,5 @@
 """Fault-injection soak: many SIGKILLs of learners and the coordinator at random steps, and every run still ends
-byte-identical to its unkilled twin. Marked `slow` (about 8 minutes on 2 cores; `make test-all`).
+byte-identical to its unkilled twin. Marked `slow` (about 15 minutes on 2 cores; `make test-all`).
 
 Each run trains a tiny recipe on the Ray backend while a killer thread SIGKILLs, at seeded random steps, a
 learner's process or the coordinator's, waits until the group has recovered (a new join), and kills again. The
