@@ -15,11 +15,11 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
+from generalist.adversarial_points import attack_points
 from generalist.attacks import msd
 from generalist.config import AttackConfig, LearnerConfig
 from generalist.errors import ConfigError
 from generalist.losses import cross_entropy, trades_kl
-from generalist.objectives import attack_points
 from generalist.threat import Threat, get_threat
 
 __all__ = ["baseline_loss", "trades_loss", "avg_loss", "max_loss", "msd_loss", "eat_loss", "trades_attack"]

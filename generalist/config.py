@@ -9,9 +9,10 @@ import math
 import re
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from generalist.errors import ConfigError
+from generalist.errors import ConfigError, RunFolderError
 
 DATASET_NAMES = ("cifar10", "mnist", "fashion-mnist", "synthetic-cifar10")
 MODEL_NAMES = ("small-cnn", "resnet18", "preact-resnet18", "wrn-28-10", "wrn-34-10")
@@ -422,3 +423,14 @@ def _list_index(items: list, key: str, full: str) -> int:
     if key in names:
         return names.index(key)
     raise ConfigError(f"{full!r}: no learner {key!r}; learners are {', '.join(map(str, names))} (or 0..{len(items) - 1})")
+
+
+def load_run_config(run_dir) -> RunConfig:
+    """The config.json of the run folder `run_dir` (a path or a generalist.storage Location), validated."""
+    path = run_dir / "config.json" if not isinstance(run_dir, str) else Path(run_dir) / "config.json"
+    try:
+        return RunConfig.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise RunFolderError(f"{run_dir} has no config.json: it is not a run folder") from None
+    except json.JSONDecodeError as error:
+        raise RunFolderError(f"{path} is corrupt: {error}") from None

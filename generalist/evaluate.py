@@ -706,14 +706,14 @@ def load_model(source: str | Path, *, learner: str = "global", checkpoint: str =
     RUN/final/ or RUN/checkpoints/*/. architecture / dataset given with a run override nothing: they are
     checked against the run's config."""
     from generalist import checkpoint as ckpt
-    from generalist.run_folder import RunFolder
+    from generalist.config import load_run_config
 
     path = Path(source)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; pass a run folder, a checkpoint folder or a .pt file")
     # RUN, RUN/final, RUN/final/global.pt, RUN/checkpoints/last, RUN/checkpoints/last/global.pt
     run_dir = next((c for c in (path, *list(path.parents)[:3]) if (c / "config.json").is_file()), None)
-    config = RunFolder(run_dir).load_config() if run_dir is not None else None
+    config = load_run_config(run_dir) if run_dir is not None else None
     if config is not None:
         for label, given, own in (("--arch", architecture, config.model.name),
                                   ("--dataset", dataset, config.data.dataset)):

@@ -5,23 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from generalist.attacks import pgd
-from generalist.config import AttackConfig, LearnerConfig
+from generalist.adversarial_points import attack_points
+from generalist.baselines import baseline_loss  # multi-norm and TRADES objectives
+from generalist.config import LearnerConfig
 from generalist.losses import cross_entropy
-from generalist.threat import get_threat
-
-
-def attack_points(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig,
-                  generator: torch.Generator) -> torch.Tensor:
-    """PGD points of `attack` against `model` in eval mode (the reference attacks the model in eval
-    mode and trains it in train mode), restoring the caller's mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        return pgd(model, x, y, get_threat(attack.norm, attack.eps), steps=attack.steps,
-                   step_size=attack.step_size, random_start=attack.random_start, generator=generator)
-    finally:
-        model.train(was_training)
 
 
 def objective_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, learner: LearnerConfig,
@@ -33,6 +20,4 @@ def objective_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, learner: 
         inputs = x if learner.attack is None else attack_points(model, x, y, learner.attack, generator)
         logits = model(inputs)
         return cross_entropy(logits, y).mean(), logits
-    from generalist.baselines import baseline_loss  # multi-norm and TRADES objectives
-
     return baseline_loss(model, x, y, learner, generator, step)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from generalist import checkpoint as ckpt
-from generalist.config import RunConfig
+from generalist.config import RunConfig, load_run_config
 from generalist.data import check_training_data
 from generalist.errors import CheckpointError, RunFolderError
 from generalist.learner import RoundStats
@@ -219,12 +219,7 @@ class RunFolder:
 
     def load_config(self) -> RunConfig:
         self._check_is_folder()
-        try:
-            return RunConfig.from_dict(json.loads((self.path / "config.json").read_text()))
-        except FileNotFoundError:
-            raise RunFolderError(f"{self.path} has no config.json: it is not a run folder") from None
-        except json.JSONDecodeError as error:
-            raise RunFolderError(f"{self.path / 'config.json'} is corrupt: {error}") from None
+        return load_run_config(self.path)
 
     def add_metadata(self, fields: dict) -> None:
         """Add fields (e.g. where the learners were placed) to this session's metadata file."""

@@ -27,12 +27,12 @@ def test_gpu_check_smoke_on_cpu_writes_every_part_into_one_results_file(tmp_path
     results = results_file.read_text()
     assert "Command: `PYTHONPATH=. python benchmarks/gpu_check.py --device cpu --smoke" in results
     assert re.search(r"^\| torch \| \S+", results, re.M) and "| ray |" in results
-    for key in ("a", "b", "d"):
+    for key in ("a", "b", "c", "d"):
         assert part_status(results, key) == "ok", f"part {key}:\n{done.stdout}\n{results}"
-    # Part c calls benchmarks/sync_overhead.py with --device, which that script gains in the sync rewrite; until
-    # then it fails, and the check must record that and go on.
-    assert part_status(results, "c") in ("ok", "failed (exit code 2)")
-    assert done.returncode == (0 if part_status(results, "c") == "ok" else 1)
+    assert done.returncode == 0
+    sync = results.split("## c.")[1].split("## d.")[0]
+    for path in ("object store", "collective (gloo)"):  # the old path against the new, in one run
+        assert re.search(rf"^\| {re.escape(path)} \| small-cnn \| 2 \| ", sync, re.M), sync
     epoch = results.split("## b.")[1]
     for recipe in ("pgd-at-small", "generalist-d-small", "generalist-t-small"):
         for precision in ("fp32", "bf16"):

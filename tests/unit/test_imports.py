@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "generalist.models": 2, "generalist.attacks": 2, "generalist.losses": 2, "generalist.data": 2,
     "generalist.objectives": 2, "generalist.baselines": 2, "generalist.autoattack_eval": 2, "generalist.repro": 2,
     "generalist.performance": 2,  # autocast, memory format, compile of a learner's step
+    "generalist.adversarial_points": 2,  # a learner's training points: PGD of its attack in eval mode
     "generalist.packed_state": 2,  # a state dict in one buffer: what mixing and the collectives move
     "generalist.storage": 2,  # local paths and pyarrow filesystems (data may read remote stores too)
     "generalist.remote_run": 2,  # local mirrors of remote run folders, for eval and report
@@ -124,6 +125,43 @@ def violations(module: str, imports: list[Import]) -> list[str]:
     return problems
 
 
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The cycles of a module -> imported-modules graph, each as a closed path [a, b, ..., a], one per cycle."""
+    cycles, done = [], set()
+
+    def walk(module: str, path: list[str]) -> None:
+        for target in sorted(graph.get(module, ())):
+            if target in path:
+                cycle = path[path.index(target):] + [target]
+                if not any(set(cycle) == set(c) for c in cycles):
+                    cycles.append(cycle)
+            elif target not in done:
+                walk(target, path + [target])
+        done.add(module)
+
+    for module in sorted(graph):
+        walk(module, [module])
+    return cycles
+
+
+def package_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (lazy imports too: a cycle is a cycle wherever it hides)."""
+    modules = dict(package_modules())
+
+    def module_of(imported: str) -> str | None:
+        while imported and imported not in modules:
+            imported = imported.rpartition(".")[0]
+        return imported or None
+
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets = {module_of(imp.name) for imp in imports_of(path.read_text(), name, path.name == "__init__.py")
+                   if is_under(imp.name, "generalist")}
+        # A package's own __init__ and its parents are not edges: importing a.b runs a/__init__ first.
+        graph[name] = {t for t in targets if t and t != name and t != "generalist" and not is_under(name, t)}
+    return graph
+
+
 def package_modules() -> list[tuple[str, Path]]:
     return [(module_name(path), path) for path in sorted(PACKAGE.rglob("*.py"))]
 
@@ -140,6 +178,16 @@ def test_the_package_imports_run_one_way():
     problems = [p for name, path in modules
                 for p in violations(name, imports_of(path.read_text(), name, path.name == "__init__.py"))]
     assert not problems, "\n".join(problems)
+
+
+def test_no_import_cycle_inside_the_package():
+    cycles = import_cycles(package_graph())
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_cycle_finder_finds_a_cycle_and_passes_a_chain():
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
 
 
 def test_ray_is_imported_where_the_rule_allows_and_nowhere_else():
