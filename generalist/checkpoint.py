@@ -169,23 +169,6 @@ def _step_or_minus_one(folder: Location) -> int:
         return -1
 
 
-def is_complete(folder: str | Path | Location, names: list[str]) -> bool:
-    """True if `folder` has a readable state.json and every `NAME.pt` of `names` at the size its sidecar says.
-
-    For checkpoints whose files are written by several processes in no set order (Ray Train uploads each
-    worker's files on its own), where `state.json` being there is not enough."""
-    folder = locate(folder)
-    try:
-        read_state(folder)
-        for name in names:
-            meta = json.loads((folder / f"{name}.json").read_text())
-            if (folder / f"{name}.pt").size() != meta.get("bytes"):
-                return False
-    except (CheckpointError, FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return False
-    return True
-
-
 def read_state(folder: str | Path | Location) -> dict:
     path = locate(folder) / "state.json"
     try:

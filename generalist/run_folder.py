@@ -89,13 +89,12 @@ class RunFolder:
         """True once training saved anything worth keeping: a checkpoint (even a broken one) or a final model."""
         return bool(self.checkpoint_folders()) or self.best.exists() or (self.path / "final").exists()
 
-    def start(self, config: RunConfig, resume: bool | Resume | None, extra_checkpoints=None) -> dict | None:
+    def start(self, config: RunConfig, resume: bool | Resume | None) -> dict | None:
         """Prepare the folder; return the checkpoint state to resume from (None to train from step 0).
 
         Nothing is written before the config, the data and the checkpoint to resume from are known good, so a
         failure here leaves the folder as it was. A folder that holds no checkpoint yet may start a new run.
-        `extra_checkpoints(path)` may name one more checkpoint folder to consider (kept for callers that
-        pass it; the Ray sessions' folders are found here anyway)."""
+        The candidates are every checkpoint folder of the run, the Ray sessions' included."""
         request = as_resume(resume)
         self._check_is_folder()
         if request is None:
@@ -108,10 +107,7 @@ class RunFolder:
             ckpt.write_json_atomic(self.path / "config.json", config.to_dict())
             ckpt.write_json_atomic(self.path / "metadata.json", run_metadata())
             return None
-        extra = extra_checkpoints(self.path) if extra_checkpoints else None
         folders = self.checkpoint_folders()
-        if extra is not None and locate(extra) not in folders:
-            folders.append(locate(extra))
         if request.source is not None:
             state = self._chosen_checkpoint(config, request.source, folders)
         else:

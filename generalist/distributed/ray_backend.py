@@ -226,23 +226,6 @@ def _connect(address: str | None, config: GeneralistConfig) -> bool:
     return True
 
 
-def _latest_ray_checkpoint(run_dir: Location) -> Location | None:
-    """The newest complete checkpoint in any earlier Ray session folder of this run.
-
-    Complete means every learner's file and the global one are whole, not just state.json there: Ray Train
-    stores each worker's files on its own, so a driver killed mid-upload can leave a step with some missing."""
-    best = None
-    for session in _sessions(run_dir):
-        for folder in session.children():
-            if not folder.name.startswith("step-") or not (folder / "state.json").is_file():
-                continue
-            state = ckpt.read_state(folder)
-            names = [f"learner-{name}" for name in state.get("learners", [])] + [GLOBAL]
-            if (best is None or state["global_step"] > best[0]) and ckpt.is_complete(folder, names):
-                best = (state["global_step"], folder)
-    return None if best is None else best[1]
-
-
 def _storage_path(run_dir: Location) -> str:
     return str(Path(run_dir.path).resolve()) if run_dir.native else run_dir.path
 
@@ -256,7 +239,7 @@ def train_ray(config: GeneralistConfig, run_dir: str | Path | Location, *, resum
     if max_rounds is not None:
         raise ConfigError("max_rounds is a debugging stop of the local backend; stop a Ray run by killing it")
     folder = RunFolder(run_dir)
-    state = folder.start(config, resume, extra_checkpoints=_latest_ray_checkpoint)
+    state = folder.start(config, resume)
     started_ray = _connect(address, config)
     try:
         config = _place(config, folder, quiet)
