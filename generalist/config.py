@@ -15,7 +15,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 from generalist.errors import ConfigError, RunFolderError
 
 DATASET_NAMES = ("cifar10", "mnist", "fashion-mnist", "synthetic-cifar10")
-MODEL_NAMES = ("small-cnn", "resnet18", "preact-resnet18", "wrn-28-10", "wrn-34-10")
+MODEL_NAMES = ("small-cnn", "small-cnn-wide", "resnet18", "preact-resnet18", "wrn-28-10", "wrn-34-10")
 NORMS = ("none", "Linf", "L2", "L1")
 OBJECTIVES = ("ce", "trades", "avg", "max", "msd", "e-at")
 PRECISIONS = ("fp32", "bf16")

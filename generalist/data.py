@@ -38,6 +38,7 @@ __all__ = [
     "load_split",
     "random_crop_flip",
     "resolve_data_root",
+    "split_indices",
     "split_train_val",
 ]
 
@@ -551,13 +552,17 @@ def split_train_val(data: TensorData, val_size: int, seed: int) -> tuple[TensorD
     The same (data, val_size, seed) gives the same split in every process. Both parts keep the original
     order of `data` (sorted indices). val_size=0 gives an empty val; val_size >= len(data) is a ConfigError.
     """
-    n = len(data)
+    train_index, val_index = split_indices(len(data), val_size, seed)
+    return _take(data, train_index), _take(data, val_index)
+
+
+def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The indices split_train_val takes for a set of n examples: (train, val), each sorted."""
     if not 0 <= val_size < n:
         raise ConfigError(f"data.val_size={val_size} must be in [0, {n}) for a training set of {n} examples; "
                           "lower data.val_size")
     perm = torch.randperm(n, generator=_generator(derive_seed(seed, "split_train_val", n, val_size)))
-    val_index, train_index = perm[:val_size].sort().values, perm[val_size:].sort().values
-    return _take(data, train_index), _take(data, val_index)
+    return perm[val_size:].sort().values, perm[:val_size].sort().values
 
 
 def crop_flip(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor,

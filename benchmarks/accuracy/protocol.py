@@ -1,19 +1,26 @@
-"""CPU-scale reproduction protocol: train and evaluate recipes over seeds, then one result table.
+"""CPU reproduction protocol: train and evaluate recipes over seeds, then one result table.
 
-What it claims to measure: at one architecture, data subset and epoch budget, the clean accuracy and the
-AutoAttack robust accuracy (per threat and union) of each method, as mean +- std over seeds. The budget is
-the `-small` recipes' (small CNN, 8,000 CIFAR-10 training images, 8 epochs, batch 128, PGD-5 in training,
-the same for every method); evaluation is on the first N CIFAR-10 *test* points (default 1,000) with
-standard AutoAttack per threat. Every step is resumable: a finished run or evaluation is skipped, an
-interrupted training continues with --resume, and AutoAttack keeps its own state. Runs go in parallel,
-one thread each.
+What it claims to measure: at one architecture, data budget and epoch budget, the clean accuracy and the
+AutoAttack robust accuracy (per threat and union) of each method, as mean +- std over seeds. Two scales
+(`--scale`), the same budget for every method at each:
+- `small` (the `-small` recipes): small CNN, 8,000 CIFAR-10 training images, 8 epochs, PGD-5 in training;
+  results in benchmarks/results/accuracy/, run folders in runs/accuracy/.
+- `cpu` (the `-cpu` recipes): the 147k-parameter small-cnn-wide, the full training split less 2,000
+  validation images, 30 epochs, PGD-5 in training; every run is evaluated twice, at its final global
+  learner and at its best-on-validation one. Results in benchmarks/results/accuracy/converged/, run folders
+  in runs/accuracy-cpu/.
+Evaluation is on the first N CIFAR-10 *test* points (default 1,000) with standard AutoAttack per threat.
+Every step is resumable: a finished run or evaluation is skipped, an interrupted training continues with
+--resume, and AutoAttack keeps its own state. Runs go in parallel, one thread each.
 
     python benchmarks/accuracy/protocol.py --phase all            # the main table (8 recipes x 3 seeds)
     python benchmarks/accuracy/protocol.py --phase all --ablations  # the generalist-d ablations
     python benchmarks/accuracy/protocol.py --phase table          # rebuild tables from what has finished
+    nice -n 19 python benchmarks/accuracy/protocol.py --scale cpu --recipes pgd-at generalist-d trades natural \
+        --threats Linf                                              # the converged Generalist-D claim
 
-Run folders go to runs/accuracy/ (not committed); each run's eval.json, summary.json and config.json are
-copied to benchmarks/results/accuracy/runs/NAME/, and the tables to benchmarks/results/accuracy/.
+Each run's eval.json, summary.json, config.json and per-epoch metrics (epochs.jsonl) are copied to
+RESULTS/runs/NAME/ (never the weights), and the tables to RESULTS/.
 """
 
 from __future__ import annotations
@@ -46,7 +53,14 @@ ABLATIONS = {
     "d-final-0.6-at": ["learners.linf.final_weight=0.6", "learners.natural.final_weight=0.4"],
     "d-final-0.2-at": ["learners.linf.final_weight=0.2", "learners.natural.final_weight=0.8"],
 }
-COMMON = ["runtime.threads_per_learner=1", "eval.every_epochs=4"]
+# Per scale: the recipe suffix, extra overrides, where run folders and results go, which checkpoints are evaluated.
+SCALES = {
+    "small": {"suffix": "-small", "overrides": ["eval.every_epochs=4"], "runs": "runs/accuracy",
+              "results": "benchmarks/results/accuracy", "checkpoints": ["final"], "quiet": True},
+    "cpu": {"suffix": "-cpu", "overrides": [], "runs": "runs/accuracy-cpu",
+            "results": "benchmarks/results/accuracy/converged", "checkpoints": ["final", "best"], "quiet": False},
+}
+COMMON = ["runtime.threads_per_learner=1"]
 
 
 def generalist() -> str:
@@ -67,12 +81,13 @@ def run(command: list[str], log_path: Path) -> None:
         raise RuntimeError(f"{' '.join(command[:4])} ... failed ({done.returncode}); see {log_path}")
 
 
-def train_one(name: str, recipe: str, seed: int, overrides: list[str], runs: Path) -> Path:
+def train_one(name: str, recipe: str, seed: int, overrides: list[str], runs: Path, scale: dict) -> Path:
     run_dir = runs / f"{name}-seed{seed}"
     if (run_dir / "final" / "global.pt").exists():
         return run_dir
-    command = [generalist(), "train", "--recipe", f"{recipe}-small", "--run-dir", str(run_dir), "--seed", str(seed),
-               "--backend", "local", "--quiet", *COMMON, *overrides]
+    command = [generalist(), "train", "--recipe", recipe + scale["suffix"], "--run-dir", str(run_dir),
+               "--seed", str(seed), "--backend", "local", *(["--quiet"] if scale["quiet"] else []),
+               *COMMON, *scale["overrides"], *overrides]
     if (run_dir / "config.json").exists():
         command.append("--resume")
     start = time.perf_counter()
@@ -84,19 +99,22 @@ def train_one(name: str, recipe: str, seed: int, overrides: list[str], runs: Pat
 DEFAULT_THREATS = ["Linf", "L2", "L1"]
 
 
-def eval_tag(autoattack: str, threats: list[str]) -> str:
-    """The evaluation folder's name: the AutoAttack setting, and the threats when not all three."""
-    tag = "aa-" + autoattack.replace(",", "+")
+def eval_tag(autoattack: str, threats: list[str], checkpoint: str = "final") -> str:
+    """The evaluation folder's name: the checkpoint when not the final one, the AutoAttack setting, and the
+    threats when not all three."""
+    tag = ("" if checkpoint == "final" else checkpoint + "-") + "aa-" + autoattack.replace(",", "+")
     return tag if threats == DEFAULT_THREATS else tag + "-" + "+".join(threats)
 
 
-def eval_one(run_dir: Path, n: int, threats: list[str], autoattack: str) -> Path:
-    """Evaluate the global learner on the first n test points; each AutoAttack setting has its own folder."""
-    tag = eval_tag(autoattack, threats)
+def eval_one(run_dir: Path, n: int, threats: list[str], autoattack: str, checkpoint: str = "final") -> Path:
+    """Evaluate the global learner of a checkpoint (final, or best on validation) on the first n test points;
+    each checkpoint and AutoAttack setting has its own folder."""
+    tag = eval_tag(autoattack, threats, checkpoint)
     out = run_dir / "eval" / tag
     if (out / "eval.json").exists():
         return out
-    command = [generalist(), "eval", str(run_dir), "--n", str(n), "--autoattack", autoattack, "--threads", "1",
+    command = [generalist(), "eval", str(run_dir), "--checkpoint", checkpoint, "--n", str(n),
+               "--autoattack", autoattack, "--threads", "1",
                "--quiet", "--out", str(out), *[a for t in threats for a in ("--threat", t)]]
     start = time.perf_counter()
     run(command, run_dir.parent / "logs" / f"{run_dir.name}.{tag}.log")
@@ -108,7 +126,8 @@ def publish(run_dir: Path, results: Path) -> None:
     """Copy the small, reviewable files of a run into the committed results folder."""
     target = results / "runs" / run_dir.name
     target.mkdir(parents=True, exist_ok=True)
-    sources = [(run_dir / "config.json", "config.json"), (run_dir / "final" / "summary.json", "summary.json")]
+    sources = [(run_dir / "config.json", "config.json"), (run_dir / "final" / "summary.json", "summary.json"),
+               (run_dir / "metrics" / "epochs.jsonl", "epochs.jsonl")]
     sources += [(e, f"eval-{e.parent.name}.json") for e in sorted((run_dir / "eval").glob("*/eval.json"))]
     for source, name in sources:
         if source.exists():
@@ -161,9 +180,60 @@ def write_study(runs: Path, results: Path, ablations: bool, seeds: list[int]) ->
     log(f"{len(combined)} evaluated runs: {results / stem}.md")
 
 
+def write_converged_study(runs: Path, results: Path, recipes: list[str], seeds: list[int]) -> None:
+    """converged/study.md: one table per checkpoint (final, best on validation), their trade-off plots, and
+    the training curves of seed 0 of each Generalist recipe."""
+    from generalist.report import load_run, plot_curves
+
+    results.mkdir(parents=True, exist_ok=True)
+    lines = ["# Reproduction study: converged CPU scale", "",
+             f"Written by `python benchmarks/accuracy/protocol.py --scale cpu --phase table` on "
+             f"{time.strftime('%Y-%m-%d')} from the run folders in runs/accuracy-cpu/ (the budget, the pilot and the "
+             "commands: [README.md](README.md)). Test points: the first N CIFAR-10 test images (column `points`). "
+             "Each threat column is the per-point worst case over every evaluation of that checkpoint (last column: "
+             "which attacks); `union` counts a point only if it is robust under every threat. Mean ± sample std "
+             "over the seeds listed; global learner only.", ""]
+    found = False
+    for checkpoint, title in (("final", "Final global learner (after epoch 30)"),
+                              ("best", "Best global learner on validation (clean + PGD-10 on 2,000 held-out "
+                                       "training images, every 2nd epoch)")):
+        combined = []
+        for name in recipes:
+            for seed in seeds:
+                run_dir = runs / f"{name}-seed{seed}"
+                tags = tuple(p.name for p in (run_dir / "eval").glob("*")
+                             if p.name.startswith("best-") == (checkpoint == "best"))
+                if tags and (c := tables.combine_run(run_dir, name, seed, tags)) is not None:
+                    combined.append(c)
+        if not combined:
+            continue
+        found = True
+        threats = [t for t in tables.THREATS if any(t in c.robust for c in combined)]
+        plot = tables.plot_tradeoff(combined, results / f"study-tradeoff-{checkpoint}.png",
+                                    ["Linf"] if threats == ["Linf"] else [*threats, "union"],
+                                    f"{checkpoint} checkpoint: clean vs robust accuracy, mean ± std over seeds "
+                                    "(CIFAR-10, converged CPU scale)", off_plot=("natural",))
+        lines += [f"## {title}", "", tables.accuracy_table(combined), "", f"![trade-off, {checkpoint}]({plot.name})",
+                  ""]
+    if not found:
+        log("nothing evaluated yet: no table")
+        return
+    curves = []
+    for name in [r for r in recipes if r in tables.GENERALIST]:
+        run_dir = runs / f"{name}-seed{seeds[0]}"
+        if (run_dir / "final" / "summary.json").exists():
+            curves.append(plot_curves(load_run(run_dir), results / f"curves-{name}-seed{seeds[0]}.png"))
+    if curves:
+        lines += ["## Training curves", ""] + [f"![{c.stem}]({c.name})" for c in curves] + [""]
+    (results / "study.md").write_text("\n".join(lines))
+    log(f"tables: {results / 'study.md'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phase", choices=["train", "eval", "table", "all"], default="all")
+    parser.add_argument("--scale", choices=list(SCALES), default="small",
+                        help="small: the -small recipes (8 epochs, 8,000 images); cpu: the -cpu recipes (converged)")
     parser.add_argument("--recipes", nargs="+", default=RECIPES)
     parser.add_argument("--ablations", action="store_true", help="the generalist-d ablations instead of the recipes")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -171,10 +241,13 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000, help="test points per threat")
     parser.add_argument("--threats", nargs="+", default=DEFAULT_THREATS)
     parser.add_argument("--autoattack", default="standard")
-    parser.add_argument("--runs", default=str(REPO / "runs" / "accuracy"))
-    parser.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "accuracy"))
+    parser.add_argument("--runs", help="run folders (default: the scale's, under runs/)")
+    parser.add_argument("--results", help="results folder (default: the scale's, under benchmarks/results/)")
     args = parser.parse_args()
-    runs, results = Path(args.runs), Path(args.results)
+    scale = SCALES[args.scale]
+    runs, results = Path(args.runs or REPO / scale["runs"]), Path(args.results or REPO / scale["results"])
+    if args.ablations and args.scale != "small":
+        parser.error("--ablations is defined at --scale small only")
     plan = ([(ABLATION_REFERENCE, "generalist-d", [])]
             + [(name, "generalist-d", overrides) for name, overrides in ABLATIONS.items()] if args.ablations
             else [(recipe, recipe, []) for recipe in args.recipes])
@@ -185,9 +258,10 @@ def main() -> None:
         name, recipe, seed, overrides = job
         run_dir = runs / f"{name}-seed{seed}"
         if args.phase in ("train", "all"):
-            run_dir = train_one(name, recipe, seed, overrides, runs)
+            run_dir = train_one(name, recipe, seed, overrides, runs, scale)
         if args.phase in ("eval", "all") and (run_dir / "final" / "global.pt").exists():
-            eval_one(run_dir, args.n, args.threats, args.autoattack)
+            for checkpoint in scale["checkpoints"]:
+                eval_one(run_dir, args.n, args.threats, args.autoattack, checkpoint)
         publish(run_dir, results)
         return run_dir
 
@@ -199,7 +273,10 @@ def main() -> None:
             except Exception as error:  # noqa: BLE001 - one failed run must not stop the others
                 failures.append(f"{job[0]}-seed{job[2]}: {error}")
                 log(f"FAILED {failures[-1]}")
-    write_study(runs, results, ablations=args.ablations, seeds=args.seeds)
+    if args.scale == "cpu":
+        write_converged_study(runs, results, args.recipes, args.seeds)
+    else:
+        write_study(runs, results, ablations=args.ablations, seeds=args.seeds)
     if failures:
         sys.exit(f"{len(failures)} runs failed:\n" + "\n".join(failures))
 

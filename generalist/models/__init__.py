@@ -28,8 +28,16 @@ from generalist.models.wide_resnet import wrn_28_10, wrn_34_10
 
 __all__ = ["MODEL_NAMES", "Normalize", "build_model"]
 
+def small_cnn_wide(**kwargs) -> nn.Module:
+    """SmallCNN at (40, 80, 160) channels, 147k parameters: the widest for which a 30-epoch generalist-d run on
+    the full CIFAR-10 training split fits in about 45 minutes of one CPU core (the `-cpu` recipes;
+    benchmarks/results/accuracy/converged/README.md has the measurement)."""
+    return SmallCNN(widths=(40, 80, 160), **kwargs)
+
+
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {
     "small-cnn": SmallCNN,
+    "small-cnn-wide": small_cnn_wide,
     "resnet18": resnet18,
     "preact-resnet18": preact_resnet18,
     "wrn-28-10": wrn_28_10,

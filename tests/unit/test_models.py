@@ -36,7 +36,7 @@ def cifar_models() -> dict[str, nn.Module]:
 
 
 def test_the_registry_lists_exactly_the_documented_models():
-    assert MODEL_NAMES == ("small-cnn", "resnet18", "preact-resnet18", "wrn-28-10", "wrn-34-10")
+    assert MODEL_NAMES == ("small-cnn", "small-cnn-wide", "resnet18", "preact-resnet18", "wrn-28-10", "wrn-34-10")
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
