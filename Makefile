@@ -5,7 +5,12 @@ PYTHON ?= python3
 LOCK := requirements/lock.txt
 VENV ?= $(HOME)/.cache/generalist/venv-$(shell sha256sum $(LOCK) | cut -c1-12)
 PY := $(VENV)/bin/python
-DATA ?= $(if $(GENERALIST_DATA),$(GENERALIST_DATA),$(abspath ../shared/data))
+# Data: $GENERALIST_DATA if set, else ../shared/data where it exists, else a cache folder in the user's home,
+# where `make run` downloads what is missing (torchvision) and says so.
+SHARED_DATA := $(abspath ../shared/data)
+DATA_CACHE := $(HOME)/.cache/generalist/data
+DATA ?= $(or $(GENERALIST_DATA),$(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),$(DATA_CACHE)))
+DOWNLOAD ?= $(if $(filter $(DATA_CACHE),$(DATA)),true,false)
 RUN_DIR ?= runs/generalist-d-small-$(shell date +%Y%m%d-%H%M%S)
 RECIPE ?= generalist-d-small
 # This checkout's code wins over whichever checkout the shared venv was last installed from.
@@ -27,7 +32,9 @@ venv: $(VENV)/.installed
 
 ## The main job: a real generalist-d training (small CNN, CIFAR-10 subset) on a local Ray, then its table.
 run: venv
-	GENERALIST_DATA=$(DATA) $(VENV)/bin/generalist train --recipe $(RECIPE) --run-dir $(RUN_DIR)
+	@echo "data: $(DATA)$(if $(filter true,$(DOWNLOAD)), (what is missing is downloaded there),)"
+	GENERALIST_DATA=$(DATA) $(VENV)/bin/generalist train --recipe $(RECIPE) --run-dir $(RUN_DIR) \
+		data.download=$(DOWNLOAD)
 
 ## The tests (CPU; slow and GPU tests are behind markers).
 test: venv

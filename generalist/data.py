@@ -10,6 +10,7 @@ import json
 import math
 import os
 import pickle
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -282,8 +283,12 @@ def _torchvision_class(name: str):
 def _torchvision_download(name: str, root: Path, train: bool):
     """Let torchvision download (or repair) the dataset into root; errors become one-line DataErrors."""
     cls = _torchvision_class(name)
+    # Say where the data goes before the download starts: it can take minutes, and the folder is the user's.
+    print(f"{_DISPLAY[name]} is not in {root}: downloading it there (torchvision)", file=sys.stderr, flush=True)
     try:
-        return cls(str(root), train=train, download=True)
+        dataset = cls(str(root), train=train, download=True)
+        print(f"{_DISPLAY[name]} {'training' if train else 'test'} split ready in {root}", file=sys.stderr, flush=True)
+        return dataset
     except Exception as e:  # noqa: BLE001 - network, disk and archive errors all mean the same to the user
         raise DataError(f"downloading {_DISPLAY[name]} into {root} failed ({_one_line(e)}): check the internet "
                         "connection, or pass --data-root DIR / set GENERALIST_DATA=DIR to a folder that "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import torch
 
@@ -16,6 +15,7 @@ from generalist.models import build_model
 from generalist.objectives import objective_loss
 from generalist.packed_state import StateLayout
 from generalist.performance import autocast_for, channels_last_for, compiled, model_for_device
+from generalist.records import RoundStats
 
 
 def build_initial_state(config: RunConfig, num_classes: int, in_channels: int,
@@ -29,20 +29,6 @@ def build_initial_state(config: RunConfig, num_classes: int, in_channels: int,
     finally:
         torch.set_rng_state(cpu_rng)
     return clone_state(model.state_dict())
-
-
-@dataclass
-class RoundStats:
-    """What a learner reports after a round of n steps (one host sync per round, not per step)."""
-
-    learner: str
-    epoch: int
-    steps_done: int  # optimiser steps since the start of training
-    loss: float  # mean training loss over the round
-    train_acc: float  # accuracy on the training inputs of its objective (adversarial for AT)
-    lr: float
-    seconds: float
-    images: int
 
 
 class Learner:

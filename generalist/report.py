@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from generalist.errors import RunFolderError
+from generalist.records import GLOBAL
 
-GLOBAL = "global"
 NORM_ORDER = ("Linf", "L2", "L1")
 
 

@@ -26,11 +26,10 @@ from generalist import checkpoint as ckpt
 from generalist.config import RunConfig, load_run_config
 from generalist.data import check_training_data
 from generalist.errors import CheckpointError, RunFolderError
-from generalist.learner import RoundStats
 from generalist.metrics import MetricsLog, Progress
+from generalist.records import GLOBAL, EpochResult, RoundStats, checkpoint_state, epoch_rows, round_rows
 from generalist.repro import run_metadata
 from generalist.storage import Location, locate
-from generalist.training import GLOBAL, EpochResult, checkpoint_state, epoch_rows, round_rows
 
 
 def fingerprint_diff(saved: dict, current: dict, where: str = "") -> str | None:

@@ -9,7 +9,7 @@ numbers cannot depend on the backend.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -17,11 +17,10 @@ import torch
 from generalist.config import RunConfig
 from generalist.data import TensorData, TrainStream, dataset_info, derive_seed, load_split, resolve_data_root, split_train_val
 from generalist.evaluate import clean_and_pgd_accuracy, run_threats
-from generalist.learner import Learner, RoundStats, build_initial_state
-from generalist.mixing import StateDict, is_communication_epoch, mixing_weights
+from generalist.learner import Learner, build_initial_state
+from generalist.mixing import StateDict, mixing_weights
 from generalist.models import build_model
-
-GLOBAL = "global"
+from generalist.records import GLOBAL, EpochResult, RoundStats
 
 
 @dataclass
@@ -70,13 +69,6 @@ class Sync(Protocol):
 
     def global_payload(self) -> dict:
         """The global learner's checkpoint payload (state + EMA counter), every round handed in folded in."""
-
-
-@dataclass
-class EpochResult:
-    epoch: int
-    global_step: int
-    accuracy: dict[str, dict[str, float]] = field(default_factory=dict)  # model name -> metrics
 
 
 class Sink(Protocol):
@@ -165,29 +157,3 @@ def _payloads(learners: list[Learner], sync: Sync, owns_global: bool) -> dict[st
     if owns_global:
         payloads[GLOBAL] = sync.global_payload()
     return payloads
-
-
-def round_rows(config: RunConfig, epoch: int, global_step: int, stats: list[RoundStats], weights: list[float],
-               redistributed: bool, sync_seconds: float) -> list[dict]:
-    """Metric rows of one round, one per learner (the `rounds` table)."""
-    names = config.learner_names
-    return [{**asdict(s), "global_step": global_step, "weight": weights[names.index(s.learner)],
-             "redistributed": redistributed, "sync_seconds": sync_seconds,
-             "communication_epoch": is_communication_epoch(epoch, config)} for s in stats]
-
-
-def accuracy_fields(row: dict) -> dict[str, float]:
-    """The accuracy columns of an `epochs` row: clean_acc and pgd_acc_<norm>."""
-    return {k: v for k, v in row.items() if k == "clean_acc" or k.startswith("pgd_acc")}
-
-
-def checkpoint_state(config: RunConfig, global_step: int, end_of_epoch: bool, best_score) -> dict:
-    """The state.json of a checkpoint, the same whichever backend writes it."""
-    return {"global_step": global_step, "position": global_step, "epoch_end": end_of_epoch,
-            "fingerprint": config.fingerprint(), "best_score": best_score, "learners": config.learner_names}
-
-
-def epoch_rows(result: EpochResult) -> list[dict]:
-    """Metric rows of one epoch evaluation, one per model (the `epochs` table)."""
-    return [{"epoch": result.epoch, "global_step": result.global_step, "model": name, **metrics}
-            for name, metrics in result.accuracy.items()]

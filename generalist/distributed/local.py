@@ -12,7 +12,8 @@ from generalist.learner import Learner
 from generalist.mixing import GlobalLearner, StateDict
 from generalist.repro import resolve_device, set_determinism
 from generalist.run_folder import FolderSink, Resume, RunFolder, format_table, load_resume_payloads
-from generalist.training import GLOBAL, RunData, accuracy_fields, prepare_run_data, train_learners
+from generalist.records import GLOBAL, accuracy_fields
+from generalist.training import RunData, prepare_run_data, train_learners
 
 
 class LocalSync:

@@ -34,13 +34,12 @@ from generalist.distributed.placement import resolve_gpus, with_gpus
 from generalist.distributed.ray_start import start_local_ray
 from generalist.errors import (BackendError, CheckpointError, ConfigError, DataError, GeneralistError,
                                TrainingDiverged)
-from generalist.learner import RoundStats
 from generalist.mixing import GlobalLearner
+from generalist.records import GLOBAL, EpochResult, RoundStats, accuracy_fields, checkpoint_state, epoch_rows, round_rows
 from generalist.repro import set_determinism
 from generalist.run_folder import BestTracker, FolderSink, Resume, RunFolder, load_resume_payloads
 from generalist.storage import Location, locate
-from generalist.training import (GLOBAL, EpochResult, accuracy_fields, checkpoint_state, epoch_rows, prepare_run_data,
-                                 round_rows, train_learners)
+from generalist.training import prepare_run_data, train_learners
 
 # Keep a local Ray on the loopback interface (see INSTALL notes in the README).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

@@ -236,7 +236,7 @@ def test_a_missing_dataset_is_a_data_error_that_names_the_folder_and_the_fixes(t
 
 @pytest.mark.parametrize("name, module", [("cifar10", "cifar"), ("mnist", "mnist")])
 def test_download_goes_through_torchvision_into_the_root_and_a_failure_is_a_data_error(
-        tmp_path, monkeypatch, name, module):
+        tmp_path, monkeypatch, capsys, name, module):
     calls = []
 
     def offline(url, download_root, *args, **kwargs):

@@ -1,13 +1,17 @@
-"""Imports run one way (STYLE.md): config, threat -> models, attacks, losses, data -> learner, mixing, evaluate,
-checkpoint -> distributed -> cli. Read from the source with `ast`, lazy imports (inside functions) included.
+"""Imports run one way (STYLE.md): config -> core math (models, attacks, objectives, data) -> training (learner,
+mixing, loop) and evaluation side by side -> storage (run folder, metrics, reports) -> backends (distributed)
+-> CLI. Read from the source with `ast`, lazy imports (inside functions) included.
 
 Rules, each found to hold when this test was written:
 - `ray` is imported only under generalist/distributed/;
 - nothing in generalist/ imports `jobs`;
 - config.py and threat.py import no generalist module but generalist.errors;
 - every module has a layer below, and imports only from its own layer or lower ones; so models, attacks,
-  losses and data never import learner, mixing, evaluate, checkpoint, training, distributed or the CLI, and
-  generalist.distributed is imported only inside generalist/distributed/ and by the CLI modules.
+  losses and data never import learner, mixing, evaluate, training, storage, distributed or the CLI, and
+  generalist.distributed is imported only inside generalist/distributed/ and by the CLI modules;
+- no import cycle inside the package, lazy imports included;
+- storage reads and writes what the loop records without the loop: nothing the run folder imports, however
+  indirectly, is the training loop or a learner (the rows and types they share are in generalist.records).
 A new module must be given a layer here. Under 1 s.
 """
 
@@ -25,21 +29,25 @@ PACKAGE = Path(__file__).resolve().parents[2] / "generalist"
 LAYERS: dict[str, int] = {
     "generalist.errors": 0,
     "generalist.config": 1, "generalist.threat": 1,
-    # what a model, an attack, a loss and a batch need
+    # core math: what a model, an attack, a loss and a batch need, and the file formats they are kept in
     "generalist.models": 2, "generalist.attacks": 2, "generalist.losses": 2, "generalist.data": 2,
     "generalist.objectives": 2, "generalist.baselines": 2, "generalist.autoattack_eval": 2, "generalist.repro": 2,
     "generalist.performance": 2,  # autocast, memory format, compile of a learner's step
     "generalist.adversarial_points": 2,  # a learner's training points: PGD of its attack in eval mode
     "generalist.packed_state": 2,  # a state dict in one buffer: what mixing and the collectives move
     "generalist.storage": 2,  # local paths and pyarrow filesystems (data may read remote stores too)
+    "generalist.checkpoint": 2,  # the tensors + JSON file format, checksummed and atomic (evaluation reads it)
     "generalist.remote_run": 2,  # local mirrors of remote run folders, for eval and report
-    # one learner, the mixing rule, evaluation, checkpoints; the training loop and run folder built on them
-    "generalist.learner": 3, "generalist.mixing": 3, "generalist.evaluate": 3, "generalist.checkpoint": 3,
-    "generalist.training": 3, "generalist.run_folder": 3, "generalist.metrics": 3, "generalist.report": 3,
-    "generalist.recipes": 3,
-    "generalist.distributed": 4,
-    "generalist.cli": 5, "generalist.eval_cli": 5,
+    # training (one learner, the mixing rule, the loop, what it records) and evaluation, side by side
+    "generalist.learner": 3, "generalist.mixing": 3, "generalist.training": 3, "generalist.records": 3,
+    "generalist.evaluate": 3, "generalist.recipes": 3,
+    # storage: a run folder, its metric tables, the reports read from it
+    "generalist.run_folder": 4, "generalist.metrics": 4, "generalist.report": 4,
+    "generalist.distributed": 5,
+    "generalist.cli": 6, "generalist.eval_cli": 6,
 }
+STORAGE = ("generalist.run_folder", "generalist.metrics", "generalist.report", "generalist.checkpoint")
+THE_LOOP = ("generalist.training", "generalist.learner")
 ONLY_ERRORS = ("generalist.config", "generalist.threat")
 CLI = ("generalist.cli", "generalist.eval_cli")
 
@@ -185,6 +193,38 @@ def test_no_import_cycle_inside_the_package():
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module `start` imports, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        for target in graph.get(todo.pop(), ()):
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+def loop_reached_by_storage(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Storage module -> the loop modules it imports, directly or not (empty lists when the rule holds)."""
+    return {module: sorted(reachable(graph, module) & set(THE_LOOP)) for module in STORAGE}
+
+
+def test_storage_does_not_import_the_training_loop():
+    problems = loop_reached_by_storage(package_graph())
+    assert not any(problems.values()), f"storage reaches the loop (move what it needs to generalist.records): {problems}"
+
+
+def test_the_storage_rule_catches_an_indirect_import_of_the_loop():
+    # The shape before generalist.records: the run folder took its row builders from the loop's module.
+    graph = {"generalist.run_folder": {"generalist.metrics", "generalist.training"},
+             "generalist.training": {"generalist.learner"}, "generalist.metrics": {"generalist.storage"}}
+    assert loop_reached_by_storage(graph)["generalist.run_folder"] == ["generalist.learner", "generalist.training"]
+
+
+def test_reachable_follows_imports_through_other_modules():
+    assert reachable({"a": {"b"}, "b": {"c"}, "c": set()}, "a") == {"b", "c"}
+
+
 def test_the_cycle_finder_finds_a_cycle_and_passes_a_chain():
     assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
     assert import_cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
@@ -209,11 +249,12 @@ def test_ray_is_imported_where_the_rule_allows_and_nowhere_else():
     ("generalist.config", "from generalist.data import dataset_info\n", "may import only generalist.errors"),
     ("generalist.threat", "from generalist import losses\n", "may import only generalist.errors"),
     ("generalist.data", "from generalist.learner import Learner\n", "layer 2 must not import layer 3"),
-    ("generalist.models.resnet", "from ..checkpoint import load_payload\n", "layer 2 must not import layer 3"),
+    ("generalist.models.resnet", "from ..run_folder import RunFolder\n", "layer 2 must not import layer 4"),
+    ("generalist.learner", "from generalist import run_folder\n", "layer 3 must not import layer 4"),
     ("generalist.attacks", "from . import mixing\n", "layer 2 must not import layer 3"),
-    ("generalist.losses", "from generalist import cli\n", "layer 2 must not import layer 5"),
+    ("generalist.losses", "from generalist import cli\n", "layer 2 must not import layer 6"),
     ("generalist.mixing", "def f():\n    import generalist.distributed.coordinator\n",
-     "layer 3 must not import layer 4"),
+     "layer 3 must not import layer 5"),
 ])
 def test_the_checker_catches_a_wrong_import(module, source, rule):
     problems = violations(module, imports_of(source, module))
