@@ -201,8 +201,7 @@ def write_converged_study(runs: Path, results: Path, recipes: list[str], seeds: 
         for name in recipes:
             for seed in seeds:
                 run_dir = runs / f"{name}-seed{seed}"
-                tags = tuple(p.name for p in (run_dir / "eval").glob("*")
-                             if p.name.startswith("best-") == (checkpoint == "best"))
+                tags = tables.checkpoint_folders(run_dir, checkpoint)
                 if tags and (c := tables.combine_run(run_dir, name, seed, tags)) is not None:
                     combined.append(c)
         if not combined:

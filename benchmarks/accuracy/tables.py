@@ -79,6 +79,13 @@ def combine_run(run_dir: Path, name: str, seed: int, only: tuple[str, ...] | Non
     return out
 
 
+def checkpoint_folders(run_dir: Path, checkpoint: str) -> tuple[str, ...]:
+    """The evaluation folders of one checkpoint of a run: `best-*` for the best-on-validation global learner,
+    every other folder for the final one (protocol.eval_tag names them), so the two are never combined."""
+    best = checkpoint == "best"
+    return tuple(sorted(p.name for p in (run_dir / "eval").glob("*") if p.is_dir() and p.name.startswith("best-") == best))
+
+
 def group(runs: list[Combined]) -> dict[str, list[Combined]]:
     groups: dict[str, list[Combined]] = defaultdict(list)
     for run in runs:

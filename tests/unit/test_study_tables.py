@@ -56,6 +56,19 @@ def test_worst_case_over_evaluations_and_union(tmp_path):
     assert pgd_only.robust == {"Linf": 60.0, "L2": 60.0, "union": 40.0}
 
 
+def test_final_and_best_checkpoint_evaluations_are_never_combined(tmp_path):
+    tables = load_tables()
+    run = tmp_path / "generalist-d-seed0"
+    clean = [True, True, True, False]
+    write_eval(run / "eval" / "aa-standard-Linf", clean, {"Linf": [True, True, False, False]}, autoattack=True)
+    write_eval(run / "eval" / "best-aa-standard-Linf", clean, {"Linf": [False, True, True, False]}, autoattack=True)
+    assert tables.checkpoint_folders(run, "final") == ("aa-standard-Linf",)
+    assert tables.checkpoint_folders(run, "best") == ("best-aa-standard-Linf",)
+    final = tables.combine_run(run, "generalist-d", 0, tables.checkpoint_folders(run, "final"))
+    best = tables.combine_run(run, "generalist-d", 0, tables.checkpoint_folders(run, "best"))
+    assert final.robust["Linf"] == best.robust["Linf"] == 50.0  # combined, they would give 25.0
+
+
 def test_table_is_mean_and_std_over_seeds(tmp_path):
     tables = load_tables()
     runs = []
