@@ -68,7 +68,8 @@ def register(subparsers) -> None:
 
 
 def _spec(args):
-    from generalist.evaluate import DEFAULT_THREATS, EvalSpec, ThreatSpec
+    from generalist.evaluation.spec import EvalSpec
+    from generalist.evaluation.threat_spec import DEFAULT_THREATS, ThreatSpec
 
     threats = [ThreatSpec.parse(t) for t in args.threat] if args.threat else list(DEFAULT_THREATS)
     options = {}
@@ -93,7 +94,7 @@ def run_eval(args) -> int:
     import torch
 
     from generalist.data import load_split, resolve_data_root
-    from generalist.evaluate import load_model
+    from generalist.evaluation.model_loading import load_model
     from generalist.repro import resolve_device
 
     spec = _spec(args)
@@ -124,7 +125,7 @@ def run_eval(args) -> int:
                                  address=args.address, quiet=args.quiet)
         written = remote.publish(out, record)
         if not args.quiet:
-            from generalist.evaluate import format_summary
+            from generalist.evaluation.record import format_summary
 
             print(format_summary(record))
         print(f"wrote {written}/eval.json and {written}/points.parquet ({record['eval']['seconds']:.0f} s)",
@@ -187,8 +188,11 @@ def evaluate_source(source, test, spec, *, out: Path, device, fresh: bool = Fals
 
     from generalist.checkpoint import write_json_atomic
     from generalist.data import TensorData
-    from generalist.evaluate import (build_attacks, eval_record, evaluate_points, fingerprint, summarize,
-                                     write_points_parquet)
+    from generalist.evaluation.block_attacks import build_attacks
+    from generalist.evaluation.block_store import fingerprint
+    from generalist.evaluation.point_table import summarize, write_points_parquet
+    from generalist.evaluation.record import eval_record
+    from generalist.evaluation.run import evaluate_points
     from generalist.repro import run_metadata
 
     n = len(test) if spec.n is None else spec.n

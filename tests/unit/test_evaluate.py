@@ -22,9 +22,13 @@ from generalist.attacks import pgd
 from generalist.cli import main
 from generalist.data import TensorData, eval_batches, load_split
 from generalist.errors import CheckpointError, ConfigError, GeneralistError
-from generalist.evaluate import (AttackCheckError, EvalSpec, EvaluationStopped, EvaluationWarning, PGDAttack,
-                                 ThreatSpec, check_adversarial, evaluate_points, format_eps, load_model,
-                                 read_points_parquet, summarize)
+from generalist.evaluation.block_attacks import PGDAttack
+from generalist.evaluation.checks import AttackCheckError, EvaluationWarning, check_adversarial
+from generalist.evaluation.model_loading import load_model
+from generalist.evaluation.point_table import read_points_parquet, summarize
+from generalist.evaluation.run import EvaluationStopped, evaluate_points
+from generalist.evaluation.spec import EvalSpec
+from generalist.evaluation.threat_spec import ThreatSpec, format_eps
 from generalist.threat import get_threat
 
 N = 32

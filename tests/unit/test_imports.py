@@ -34,7 +34,7 @@ LAYERS: dict[str, int] = {
     "generalist.storage": 2,  # local paths and pyarrow filesystems (data may read remote stores too)
     "generalist.remote_run": 2,  # local mirrors of remote run folders, for eval and report
     # one learner, the mixing rule, evaluation, checkpoints; the training loop and run folder built on them
-    "generalist.learner": 3, "generalist.mixing": 3, "generalist.evaluate": 3, "generalist.checkpoint": 3,
+    "generalist.learner": 3, "generalist.mixing": 3, "generalist.evaluation": 3, "generalist.checkpoint": 3,
     "generalist.training": 3, "generalist.run_folder": 3, "generalist.metrics": 3, "generalist.report": 3,
     "generalist.recipes": 3,
     "generalist.distributed": 4,
@@ -203,7 +203,7 @@ def test_ray_is_imported_where_the_rule_allows_and_nowhere_else():
     ("generalist.learner", "def f():\n    from ray import train\n", "only generalist/distributed/ may import ray"),
     ("generalist.learner", "import importlib\nimportlib.import_module('ray.util')\n", "may import ray"),
     ("generalist.training", "from generalist.distributed import train\n", "may import generalist.distributed"),
-    ("generalist.evaluate", "def f():\n    from generalist.distributed.local import train_local\n",
+    ("generalist.evaluation.run", "def f():\n    from generalist.distributed.local import train_local\n",
      "may import generalist.distributed"),
     ("generalist.cli", "from jobs.submit import main\n", "never imports jobs"),
     ("generalist.config", "from generalist.data import dataset_info\n", "may import only generalist.errors"),
