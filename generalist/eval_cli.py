@@ -47,6 +47,10 @@ def register(subparsers) -> None:
                     help="tune pyautoattack (non-standard), e.g. apgd.n_iter=10, square.n_queries=100")
     ev.add_argument("--out", help="output folder, a local path or a URI (default: RUN/eval/LEARNER, or eval-NAME "
                                   "beside a bare .pt)")
+    ev.add_argument("--model-info", metavar="DIR",
+                    help="also write one RobustBench model_info JSON per threat to DIR/DATASET/THREAT/RUN_LEARNER.json "
+                         "(RobustBench's fields and folder layout, to compare with the leaderboard's files; a local "
+                         "path or a URI)")
     ev.add_argument("--fresh", action="store_true", help="discard finished blocks of an earlier identical run")
     ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ev.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's default)")
@@ -105,6 +109,10 @@ def run_eval(args) -> int:
     if args.shards < 1:
         raise ConfigError(f"--shards must be >= 1, got {args.shards}")
     device = resolve_device(args.device)
+    if args.model_info:
+        from generalist.storage import locate
+
+        locate(args.model_info)  # an unusable URI fails now, not after the evaluation
     remote = _Remote(args)  # a URI source or --out: read and write through local mirrors
     args.source, args.out = remote.local_source, remote.local_out
     first = load_model(args.source, learner="global" if args.learner == "all" else args.learner,
@@ -130,6 +138,11 @@ def run_eval(args) -> int:
             print(format_summary(record))
         print(f"wrote {written}/eval.json and {written}/points.parquet ({record['eval']['seconds']:.0f} s)",
               flush=True)
+        if args.model_info:
+            from generalist.evaluation.model_info import write_model_info
+
+            for path in write_model_info(record, args.model_info):
+                print(f"wrote {path}", flush=True)
     return 0
 
 

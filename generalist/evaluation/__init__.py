@@ -10,6 +10,7 @@ One concern per module; import a name from the module that owns it:
 - run.py            evaluate_points: every attack on every block; results merged over shards
 - point_table.py    the per-point outcome table, its summary (accuracies, counts) and Parquet file
 - model_loading.py  the model to evaluate from a run folder, a checkpoint folder or a bare .pt
-- record.py         eval.json: RobustBench fields, every threat's numbers, provenance; the printed table
+- record.py         eval.json: one RobustBench-shaped entry per threat, provenance; the printed table
+- model_info.py     RobustBench model_info JSON files, one per threat, from an eval.json record
 - validation.py     the training loop's per-epoch clean and PGD accuracy
 """

@@ -1,4 +1,4 @@
-"""eval.json: the record of one evaluation (RobustBench fields, every threat's numbers, provenance) and its
+"""eval.json: the record of one evaluation (one RobustBench-shaped entry per threat, provenance) and its
 printed summary."""
 
 from __future__ import annotations
@@ -13,21 +13,29 @@ from generalist.evaluation.spec import EvalSpec
 
 def eval_record(summary: dict, spec: EvalSpec, source: ModelSource, attacks: dict[str, list[BlockAttack]], *,
                 seconds: float, metadata: dict, device: str, threads: int, shards: int, split_size: int) -> dict:
-    """eval.json: a RobustBench model entry for the first threat, every threat's numbers, and provenance.
+    """eval.json: every threat's numbers as a RobustBench model entry of its own, the union, and provenance.
 
-    Accuracies are percent strings with two decimals, as RobustBench writes them; `counts` holds the exact
-    integers they come from."""
+    `threats[NORM]` holds threat NORM's entry: RobustBench's fields (name, dataset, architecture, threat_model,
+    eps, clean_acc, autoattack_acc when AutoAttack ran, additional_data, number_forward_passes, n_examples) and
+    ours (pgd_acc, robust_acc: the per-point worst case, counts, attacks, seconds). The top-level
+    threat_model / eps / autoattack_acc repeat the first threat's entry, for readers that take one RobustBench
+    entry per file. Accuracies are percent strings with two decimals, as RobustBench writes them; `counts`
+    holds the exact integers they come from."""
     first = spec.threats[0].norm
     head = summary["threats"][first]
     run_name = Path(source.run_dir).name if source.run_dir else Path(source.checkpoint).stem
     config = source.config
+    # What every threat's entry shares: one model, one set of points, one clean accuracy.
+    model_fields = {"name": f"{run_name}/{source.name}", "dataset": source.dataset,
+                    "architecture": source.architecture, "clean_acc": summary["clean_acc"],
+                    "additional_data": False, "number_forward_passes": 1, "n_examples": summary["n_examples"]}
     threats = {}
     for t in spec.threats:
-        entry = dict(summary["threats"][t.norm])
+        entry = {**model_fields, **summary["threats"][t.norm]}
         entry["attacks"] = {a.key: a.describe() for a in attacks[t.norm]}
         threats[t.norm] = entry
     return {
-        "name": f"{run_name}/{source.name}",
+        "name": model_fields["name"],
         "dataset": source.dataset,
         "architecture": source.architecture,
         "threat_model": first,
