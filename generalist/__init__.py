@@ -13,7 +13,7 @@ Where things are (each module one concern; only `distributed/` knows Ray):
   remote_run.py: local mirrors of run folders on remote storage, for eval and report.
 - distributed/: the in-process backend and the Ray backend (learner actors, the collective mixing path, the
   coordinator, GPU placement, a retried local Ray start).
-- evaluate.py, autoattack_eval.py, report.py: PGD and AutoAttack evaluation, tables and plots.
+- evaluation/, autoattack_eval.py, report.py: PGD and AutoAttack evaluation, tables and plots.
 - cli.py, eval_cli.py: the `generalist` command; errors.py: the errors it reports in one line.
 - repro.py: determinism, thread counts, and the metadata (versions, git, hardware) every result carries.
 

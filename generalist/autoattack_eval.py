@@ -7,7 +7,7 @@ clean x), and an attack interrupted half-way is rerun over a different set of po
 neither be recomputed from its points nor reproduce an uninterrupted one. We therefore run the cascade
 ourselves, one `run_standard_evaluation` call per attack on the still-robust points of a block, exactly as
 pyautoattack's own `run_standard_evaluation_individual` drives single attacks, and keep our own per-block
-state (generalist.evaluate). On a block of at most `batch_size` points this is the same computation as one
+state (generalist.evaluation). On a block of at most `batch_size` points this is the same computation as one
 `AutoAttack(...).run_standard_evaluation(x, y, batch_size=batch_size)` call: the same points, batches and
 seeds reach every attack (tests/unit/test_evaluate.py compares the two bit for bit).
 """

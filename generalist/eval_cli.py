@@ -47,6 +47,10 @@ def register(subparsers) -> None:
                     help="tune pyautoattack (non-standard), e.g. apgd.n_iter=10, square.n_queries=100")
     ev.add_argument("--out", help="output folder, a local path or a URI (default: RUN/eval/LEARNER, or eval-NAME "
                                   "beside a bare .pt)")
+    ev.add_argument("--model-info", metavar="DIR",
+                    help="also write one RobustBench model_info JSON per threat to DIR/DATASET/THREAT/RUN_LEARNER.json "
+                         "(RobustBench's fields and folder layout, to compare with the leaderboard's files; a local "
+                         "path or a URI)")
     ev.add_argument("--fresh", action="store_true", help="discard finished blocks of an earlier identical run")
     ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ev.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's default)")
@@ -68,7 +72,8 @@ def register(subparsers) -> None:
 
 
 def _spec(args):
-    from generalist.evaluate import DEFAULT_THREATS, EvalSpec, ThreatSpec
+    from generalist.evaluation.spec import EvalSpec
+    from generalist.evaluation.threat_spec import DEFAULT_THREATS, ThreatSpec
 
     threats = [ThreatSpec.parse(t) for t in args.threat] if args.threat else list(DEFAULT_THREATS)
     options = {}
@@ -93,7 +98,7 @@ def run_eval(args) -> int:
     import torch
 
     from generalist.data import load_split, resolve_data_root
-    from generalist.evaluate import load_model
+    from generalist.evaluation.model_loading import load_model
     from generalist.repro import resolve_device
 
     spec = _spec(args)
@@ -104,6 +109,10 @@ def run_eval(args) -> int:
     if args.shards < 1:
         raise ConfigError(f"--shards must be >= 1, got {args.shards}")
     device = resolve_device(args.device)
+    if args.model_info:
+        from generalist.storage import locate
+
+        locate(args.model_info)  # an unusable URI fails now, not after the evaluation
     remote = _Remote(args)  # a URI source or --out: read and write through local mirrors
     args.source, args.out = remote.local_source, remote.local_out
     first = load_model(args.source, learner="global" if args.learner == "all" else args.learner,
@@ -124,11 +133,16 @@ def run_eval(args) -> int:
                                  address=args.address, quiet=args.quiet)
         written = remote.publish(out, record)
         if not args.quiet:
-            from generalist.evaluate import format_summary
+            from generalist.evaluation.record import format_summary
 
             print(format_summary(record))
         print(f"wrote {written}/eval.json and {written}/points.parquet ({record['eval']['seconds']:.0f} s)",
               flush=True)
+        if args.model_info:
+            from generalist.evaluation.model_info import write_model_info
+
+            for path in write_model_info(record, args.model_info):
+                print(f"wrote {path}", flush=True)
     return 0
 
 
@@ -187,8 +201,11 @@ def evaluate_source(source, test, spec, *, out: Path, device, fresh: bool = Fals
 
     from generalist.checkpoint import write_json_atomic
     from generalist.data import TensorData
-    from generalist.evaluate import (build_attacks, eval_record, evaluate_points, fingerprint, summarize,
-                                     write_points_parquet)
+    from generalist.evaluation.block_attacks import build_attacks
+    from generalist.evaluation.block_store import fingerprint
+    from generalist.evaluation.point_table import summarize, write_points_parquet
+    from generalist.evaluation.record import eval_record
+    from generalist.evaluation.run import evaluate_points
     from generalist.repro import run_metadata
 
     n = len(test) if spec.n is None else spec.n

@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from generalist.config import load_run_config  # noqa: E402
 from generalist.data import derive_seed, load_split, resolve_data_root, split_indices  # noqa: E402
-from generalist.evaluate import load_model  # noqa: E402
+from generalist.evaluation.model_loading import load_model  # noqa: E402
 
 
 def held_out(n: int, val_size: int, train_subset: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor,

@@ -1,6 +1,6 @@
 """Evaluation sharded over Ray tasks: the blocks of points are split among tasks and the tables merged.
 
-Every block's numbers depend only on the model, its points and the EvalSpec (generalist.evaluate), so the
+Every block's numbers depend only on the model, its points and the EvalSpec (generalist.evaluation), so the
 merged table equals one process's, given the same torch thread count (CPU kernels may sum in another order
 with more threads). The model and the points go into the object store once; the tasks are gathered with one
 `ray.get`. With a state folder on storage every task can see, a retried or rerun task skips finished blocks.
@@ -15,8 +15,9 @@ import torch
 
 from generalist.data import TensorData
 from generalist.errors import BackendError, GeneralistError
-from generalist.evaluate import (EvalSpec, PointResults, block_starts, build_eval_model, evaluate_points, load_weights,
-                                 merge_results)
+from generalist.evaluation.model_loading import build_eval_model, load_weights
+from generalist.evaluation.run import PointResults, block_starts, evaluate_points, merge_results
+from generalist.evaluation.spec import EvalSpec
 
 
 def shard_blocks(starts: list[int], shards: int) -> list[list[int]]:

@@ -12,7 +12,10 @@ import torch
 from generalist.data import load_split
 from generalist.distributed.sharded_eval import evaluate_sharded, shard_blocks
 from generalist.errors import CheckpointError
-from generalist.evaluate import EvalSpec, ThreatSpec, build_eval_model, evaluate_points, load_model
+from generalist.evaluation.model_loading import build_eval_model, load_model
+from generalist.evaluation.run import evaluate_points
+from generalist.evaluation.spec import EvalSpec
+from generalist.evaluation.threat_spec import ThreatSpec
 
 QUICK_AA = {"apgd.n_iter": 10, "apgd_targeted.n_iter": 10, "apgd_targeted.n_target_classes": 3,
             "fab.n_iter": 10, "fab.n_target_classes": 3, "square.n_queries": 50}

@@ -22,9 +22,13 @@ from generalist.attacks import pgd
 from generalist.cli import main
 from generalist.data import TensorData, eval_batches, load_split
 from generalist.errors import CheckpointError, ConfigError, GeneralistError
-from generalist.evaluate import (AttackCheckError, EvalSpec, EvaluationStopped, EvaluationWarning, PGDAttack,
-                                 ThreatSpec, check_adversarial, evaluate_points, format_eps, load_model,
-                                 read_points_parquet, summarize)
+from generalist.evaluation.block_attacks import PGDAttack
+from generalist.evaluation.checks import AttackCheckError, EvaluationWarning, check_adversarial
+from generalist.evaluation.model_loading import load_model
+from generalist.evaluation.point_table import read_points_parquet, summarize
+from generalist.evaluation.run import EvaluationStopped, evaluate_points
+from generalist.evaluation.spec import EvalSpec
+from generalist.evaluation.threat_spec import ThreatSpec, format_eps
 from generalist.threat import get_threat
 
 N = 32
@@ -319,10 +323,10 @@ def test_eps_is_written_as_a_fraction_in_reports():
 
 
 def test_generalist_eval_writes_a_robustbench_shaped_eval_json_and_per_point_parquet(run_dir, data_root, capsys):
-    out = run_dir.parent / "cli-eval"
+    out, model_info = run_dir.parent / "cli-eval", run_dir.parent / "model_info"
     options = [f"--aa-option={k}={v}" for k, v in QUICK_AA.items()]
     code = main(["eval", str(run_dir), "--n", "24", "--batch-size", "12", "--pgd-steps", "3", "--out", str(out),
-                 "--data-root", str(data_root), "--quiet", *options])
+                 "--data-root", str(data_root), "--quiet", "--model-info", str(model_info), *options])
     assert code == 0, capsys.readouterr().err
     record = json.loads((out / "eval.json").read_text())
     for key in ("clean_acc", "autoattack_acc", "threat_model", "eps", "architecture", "dataset", "n_examples",
@@ -331,6 +335,11 @@ def test_generalist_eval_writes_a_robustbench_shaped_eval_json_and_per_point_par
     assert (record["threat_model"], record["eps"], record["architecture"], record["dataset"], record["n_examples"]) \
         == ("Linf", "8/255", "small-cnn", "cifar10", 24)
     assert [record["threats"][t]["eps"] for t in ("Linf", "L2", "L1")] == ["8/255", "0.5", "12"]
+    for norm, entry in record["threats"].items():  # each threat a RobustBench entry, and its model_info file
+        assert (entry["threat_model"], entry["clean_acc"], entry["n_examples"]) == (norm, record["clean_acc"], 24)
+        info = json.loads((model_info / "cifar10" / norm / f"{run_dir.name}_global.json").read_text())
+        assert (info["eps"], info["clean_acc"], info["autoattack_acc"]) == \
+            (entry["eps"], entry["clean_acc"], entry["autoattack_acc"])
     assert record["standard_autoattack"] is False  # cut-down options are not standard AutoAttack, and it says so
     assert record["metadata"]["versions"]["pyautoattack"] == "0.2.0" and record["metadata"]["command"]
     table = read_points_parquet(out / "points.parquet")

@@ -7,7 +7,7 @@ Rules, each found to hold when this test was written:
 - nothing in generalist/ imports `jobs`;
 - config.py and threat.py import no generalist module but generalist.errors;
 - every module has a layer below, and imports only from its own layer or lower ones; so models, attacks,
-  losses and data never import learner, mixing, evaluate, training, storage, distributed or the CLI, and
+  losses and data never import learner, mixing, evaluation, training, storage, distributed or the CLI, and
   generalist.distributed is imported only inside generalist/distributed/ and by the CLI modules;
 - no import cycle inside the package, lazy imports included;
 - storage reads and writes what the loop records without the loop: nothing the run folder imports, however
@@ -40,7 +40,7 @@ LAYERS: dict[str, int] = {
     "generalist.remote_run": 2,  # local mirrors of remote run folders, for eval and report
     # training (one learner, the mixing rule, the loop, what it records) and evaluation, side by side
     "generalist.learner": 3, "generalist.mixing": 3, "generalist.training": 3, "generalist.records": 3,
-    "generalist.evaluate": 3, "generalist.recipes": 3,
+    "generalist.evaluation": 3, "generalist.recipes": 3,
     # storage: a run folder, its metric tables, the reports read from it
     "generalist.run_folder": 4, "generalist.metrics": 4, "generalist.report": 4,
     "generalist.distributed": 5,
@@ -243,7 +243,7 @@ def test_ray_is_imported_where_the_rule_allows_and_nowhere_else():
     ("generalist.learner", "def f():\n    from ray import train\n", "only generalist/distributed/ may import ray"),
     ("generalist.learner", "import importlib\nimportlib.import_module('ray.util')\n", "may import ray"),
     ("generalist.training", "from generalist.distributed import train\n", "may import generalist.distributed"),
-    ("generalist.evaluate", "def f():\n    from generalist.distributed.local import train_local\n",
+    ("generalist.evaluation.run", "def f():\n    from generalist.distributed.local import train_local\n",
      "may import generalist.distributed"),
     ("generalist.cli", "from jobs.submit import main\n", "never imports jobs"),
     ("generalist.config", "from generalist.data import dataset_info\n", "may import only generalist.errors"),
