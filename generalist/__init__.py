@@ -1,21 +1,21 @@
 """Generalist++ adversarial training: base learners trained apart, interpolated into one global learner.
 
-Where things are (each module one concern; only `distributed/` knows Ray):
+Where things are, by layer (lowest first; a module imports only from its own layer or lower ones, and
+only `distributed/` knows Ray):
 
-- config.py, recipes.py: validated dataclasses and the named recipes (`generalist recipes`).
-- data.py, models/: datasets with checksums and the deterministic training stream; the networks.
-- threat.py, attacks.py, losses.py, adversarial_points.py, objectives.py, baselines.py: threat models, PGD, the
-  points a learner trains on, the training objectives; performance.py: bf16, channels-last, compile.
-- learner.py: one base learner (its model, optimiser and objective), plain PyTorch.
-- packed_state.py, mixing.py: a state in one buffer; the global learner, the interpolation schedule,
-  redistribution.
-- training.py: the loop every backend runs; checkpoint.py, run_folder.py, storage.py, metrics.py: what it writes;
-  remote_run.py: local mirrors of run folders on remote storage, for eval and report.
-- distributed/: the in-process backend and the Ray backend (learner actors, the collective mixing path, the
-  coordinator, GPU placement, a retried local Ray start).
-- evaluation/, autoattack_eval.py, report.py: PGD and AutoAttack evaluation, tables and plots.
-- cli.py, eval_cli.py: the `generalist` command; errors.py: the errors it reports in one line.
-- repro.py: determinism, thread counts, and the metadata (versions, git, hardware) every result carries.
+- errors.py: the errors the CLI reports in one line; config.py, threat.py: validated dataclasses, threat models.
+- Core math and file formats: models/, attacks.py, losses.py, adversarial_points.py, objectives.py,
+  baselines.py (the networks, PGD, the points a learner trains on, the objectives); data.py (datasets with
+  checksums, the deterministic training stream); packed_state.py (a state in one buffer); performance.py,
+  repro.py (bf16, channels-last, compile; determinism and run metadata); storage.py, checkpoint.py,
+  remote_run.py (local or remote paths, tensors + JSON files, mirrors of remote runs); autoattack_eval.py.
+- Training and evaluation, side by side: learner.py (one base learner, plain PyTorch), mixing.py (the global
+  learner, interpolation schedule, redistribution), training.py (the loop every backend runs), records.py
+  (what the loop records), recipes.py (named recipes); evaluation/ (`generalist eval`, a module per concern).
+- Storage: run_folder.py, metrics.py, report.py (the run folder, its metric tables, reports read from it).
+- Backends: distributed/ (the in-process backend and the Ray backend: learner actors, the collective mixing
+  path, the coordinator, GPU placement, a retried local Ray start, sharded evaluation).
+- CLI: cli.py, eval_cli.py (the `generalist` command).
 
 Importing this package imports nothing else: `generalist config` and friends stay fast, and torch is loaded
 only by the modules that need it.

@@ -18,6 +18,7 @@ A new module must be given a layer here. Under 1 s.
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -270,3 +271,22 @@ def test_the_checker_catches_a_wrong_import(module, source, rule):
 ])
 def test_the_checker_accepts_an_allowed_import(module, source):
     assert violations(module, imports_of(source, module)) == []
+
+
+def readme_package_map() -> str:
+    """The package map of the README's Design section: the code block that starts with `generalist/`."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    start = readme.index("```\ngeneralist/")
+    return readme[start: readme.index("```\n", start + 4)]
+
+
+def test_the_readme_package_map_lists_every_module_and_only_real_ones():
+    block = readme_package_map()
+    listed = set(re.findall(r"[\w]+\.py", block))
+    files = {path.name for path in PACKAGE.glob("*.py")} | {
+        path.name for sub in ("distributed", "evaluation") for path in (PACKAGE / sub).glob("*.py")}
+    files -= {"__init__.py"}
+    assert not files - listed, f"modules missing from the README's package map: {sorted(files - listed)}"
+    assert not listed - files, f"the README's package map names modules that do not exist: {sorted(listed - files)}"
+    for folder in ("models/", "distributed/", "evaluation/"):
+        assert folder in block and (PACKAGE / folder).is_dir()
