@@ -73,3 +73,29 @@ def test_fingerprint_ignores_runtime_placement_but_not_the_algorithm():
     moved = apply_overrides(base, ["runtime.backend=local", "runtime.cpus_per_learner=2"])
     assert moved.fingerprint() == base.fingerprint()
     assert apply_overrides(base, ["mixing.sync_every=10"]).fingerprint() != base.fingerprint()
+
+
+def test_the_readme_states_each_scales_communication_epochs_as_the_recipes_set_them():
+    """The README's rule for communication epochs names every scale's period (a newcomer checks the -small
+    runs against it): every 5th at paper scale and in -cpu, every 2nd in -small."""
+    from pathlib import Path
+
+    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+    words = {2: "2nd", 5: "5th"}
+    paper, small, cpu = (get_recipe(f"generalist-d{suffix}") for suffix in ("", "-small", "-cpu"))
+    assert f"every {words[paper.mixing.redistribute_every]} epoch (`mixing.redistribute_every`" in readme
+    assert (f"every {words[small.mixing.redistribute_every]} in the {small.schedule.epochs}-epoch `-small` recipes"
+            in readme)
+    assert f"every {words[cpu.mixing.redistribute_every]} in the {cpu.schedule.epochs}-epoch `-cpu` ones" in readme
+
+
+def test_cpu_recipes_keep_the_paper_schedule_fractions_with_two_communication_epochs_in_the_mixing_phase():
+    from generalist.mixing import is_communication_epoch
+
+    for name in ("generalist-d-cpu", "generalist-mn-cpu", "generalist-t-cpu", "pgd-at-cpu"):
+        config = get_recipe(name)
+        assert config.model.name == "small-cnn-wide" and config.data.train_subset is None
+        assert config.data.val_size == config.eval.n_examples == 2000
+        epochs = config.schedule.epochs
+        mixing = [e for e in range(1, epochs + 1) if e > config.mixing.mix_start * epochs]
+        assert sum(is_communication_epoch(e, config) for e in mixing) >= 2, name
