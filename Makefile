@@ -48,19 +48,21 @@ clean-venv:
 	rm -rf $(VENV)
 
 ## Re-resolve requirements/lock.in into one hashed lock per Python (Linux x86_64), keeping today's versions where
-## they still fit; after changing lock.in, run this and commit lock.in with the locks.
+## they still fit (LOCK_FLAGS=--upgrade: the newest that fit); after changing lock.in, run this and commit lock.in with
+## the locks.
 UV_TOOL := $(HOME)/.cache/generalist/uv-$(shell sha256sum requirements/lock-tools.txt | cut -c1-12)
 
 lock: $(UV_TOOL)/.installed
 	for version in $(LOCK_PYTHONS); do \
-	    $(UV_TOOL)/bin/uv pip compile --quiet --generate-hashes --python-version $$version \
+	    $(UV_TOOL)/bin/uv pip compile --quiet --generate-hashes $(LOCK_FLAGS) --python-version $$version \
 	        --python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" \
 	        -o requirements/lock-py$$version.txt requirements/lock.in || exit 1; \
 	done
 	$(UV_TOOL)/bin/uv pip compile --quiet --generate-hashes --custom-compile-command "make lock" \
 	    -o requirements/lock-tools.txt requirements/lock-tools.in
 
-$(UV_TOOL)/.installed: requirements/lock-tools.txt
+# Keyed by the hash of lock-tools.txt already, so a rewrite of that file with the same content installs nothing.
+$(UV_TOOL)/.installed: | requirements/lock-tools.txt
 	$(PYTHON) -m venv $(UV_TOOL)
 	$(UV_TOOL)/bin/python -m pip install -q --require-hashes --no-deps -r requirements/lock-tools.txt
 	touch $@
