@@ -29,7 +29,7 @@ $(VENV)/.installed: $(LOCK) pyproject.toml
 
 # Reached only when the interpreter's lock is missing.
 requirements/lock-py%.txt:
-	$(error no lock for Python $* ($(PYTHON)): use Python $(LOCK_PYTHONS) (e.g. PYTHON=python3.12), or add $* to LOCK_PYTHONS and run make lock)
+	$(error no lock for Python $* ($(PYTHON)): use one of $(LOCK_PYTHONS), or add $* to LOCK_PYTHONS and make lock)
 
 venv: $(VENV)/.installed
 
