@@ -1,9 +1,12 @@
 # Two commands matter: `make run` (set up + the main job) and `make test` (set up + the tests).
-# The venv lives outside the clone, keyed by the hash of requirements/lock.txt, and is reused.
+# The venv lives outside the clone, keyed by the hash of the lock it installs, and is reused.
 SHELL := /bin/bash
 PYTHON ?= python3
-LOCK := requirements/lock.txt
-VENV ?= $(HOME)/.cache/generalist/venv-$(shell sha256sum $(LOCK) | cut -c1-12)
+# One lock per Python minor version (requirements/README.md): the interpreter picks its own.
+PYTHON_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+LOCK := requirements/lock-py$(PYTHON_VERSION).txt
+LOCK_PYTHONS := 3.11 3.12
+VENV ?= $(HOME)/.cache/generalist/venv-$(shell sha256sum $(LOCK) 2>/dev/null | cut -c1-12)
 PY := $(VENV)/bin/python
 # Data: $GENERALIST_DATA if set, else ../shared/data where it exists, else a cache folder in the user's home,
 # where `make run` downloads what is missing (torchvision) and says so.
@@ -19,14 +22,19 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: venv run test test-all lint bench clean-venv
+.PHONY: venv run test test-all lint bench clean-venv lock
 
+# Every file of the stack is checked against the lock's sha256 (--require-hashes) and nothing outside the lock is
+# installed (--no-deps); the project itself is built by the locked setuptools.
 $(VENV)/.installed: $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r $(LOCK)
+	$(PY) -m pip install -q --require-hashes --no-deps --only-binary=:all: -r $(LOCK)
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+# Reached only when the interpreter's lock is missing.
+requirements/lock-py%.txt:
+	$(error no lock for Python $* ($(PYTHON)): use one of $(LOCK_PYTHONS), or add $* to LOCK_PYTHONS and make lock)
 
 venv: $(VENV)/.installed
 
@@ -45,6 +53,26 @@ test-all: venv
 
 clean-venv:
 	rm -rf $(VENV)
+
+## Re-resolve requirements/lock.in into one hashed lock per Python (Linux x86_64), keeping today's versions where
+## they still fit (LOCK_FLAGS=--upgrade: the newest that fit); after changing lock.in, run this and commit lock.in with
+## the locks.
+UV_TOOL := $(HOME)/.cache/generalist/uv-$(shell sha256sum requirements/lock-tools.txt | cut -c1-12)
+
+lock: $(UV_TOOL)/.installed
+	for version in $(LOCK_PYTHONS); do \
+	    $(UV_TOOL)/bin/uv pip compile --quiet --generate-hashes $(LOCK_FLAGS) --python-version $$version \
+	        --python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" \
+	        -o requirements/lock-py$$version.txt requirements/lock.in || exit 1; \
+	done
+	$(UV_TOOL)/bin/uv pip compile --quiet --generate-hashes --custom-compile-command "make lock" \
+	    -o requirements/lock-tools.txt requirements/lock-tools.in
+
+# Keyed by the hash of lock-tools.txt already, so a rewrite of that file with the same content installs nothing.
+$(UV_TOOL)/.installed: | requirements/lock-tools.txt
+	$(PYTHON) -m venv $(UV_TOOL)
+	$(UV_TOOL)/bin/python -m pip install -q --require-hashes --no-deps -r requirements/lock-tools.txt
+	touch $@
 
 # --- docker ---
 # Reproduce a named job of jobs/jobs.yaml in containers (docker/README.md): build the image, start a Ray head and a

