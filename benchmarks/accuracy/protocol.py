@@ -29,6 +29,7 @@ import argparse
 import concurrent.futures as futures
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -113,6 +114,14 @@ def eval_one(run_dir: Path, n: int, threats: list[str], autoattack: str, checkpo
     out = run_dir / "eval" / tag
     if (out / "eval.json").exists():
         return out
+    final = run_dir / "eval" / eval_tag(autoattack, threats, "final")
+    if checkpoint == "best" and (final / "eval.json").exists() and best_is_final(run_dir):
+        # The same tensors: an identical evaluation would spend minutes of AutoAttack to repeat the final one.
+        shutil.copytree(final, out, ignore=shutil.ignore_patterns("blocks", "*.tmp"))
+        (out / "SAME_AS_FINAL.txt").write_text(f"The best-on-validation global learner of this run is its final one "
+                                               f"(identical tensors): a copy of ../{final.name}.\n")
+        log(f"{run_dir.name}: best on validation = final; copied {final.name} to {tag}")
+        return out
     command = [generalist(), "eval", str(run_dir), "--checkpoint", checkpoint, "--n", str(n),
                "--autoattack", autoattack, "--threads", "1",
                "--quiet", "--out", str(out), *[a for t in threats for a in ("--threat", t)]]
@@ -120,6 +129,21 @@ def eval_one(run_dir: Path, n: int, threats: list[str], autoattack: str, checkpo
     run(command, run_dir.parent / "logs" / f"{run_dir.name}.{tag}.log")
     log(f"evaluated {run_dir.name} in {time.perf_counter() - start:.0f} s")
     return out
+
+
+def best_is_final(run_dir: Path) -> bool:
+    """Whether the best-on-validation checkpoint holds exactly the final global learner."""
+    import torch
+
+    from generalist import checkpoint as ckpt
+
+    best = ckpt.find_checkpoint(run_dir / "checkpoints" / "best")
+    if best is None:
+        return False
+    best_state = ckpt.load_payload(best, "global")["state"]
+    final_state = ckpt.load_state_dict_file(run_dir / "final" / "global.pt")
+    return best_state.keys() == final_state.keys() and all(torch.equal(best_state[k], final_state[k])
+                                                           for k in best_state)
 
 
 def publish(run_dir: Path, results: Path) -> None:
