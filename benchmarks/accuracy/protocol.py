@@ -242,7 +242,8 @@ def write_converged_study(runs: Path, results: Path, recipes: list[str], seeds: 
         log("nothing evaluated yet: no table")
         return
     curves = []
-    for name in [r for r in recipes if r in tables.GENERALIST]:
+    # pgd-at seed 0 was the pilot: its validation curve is what the 30-epoch budget was chosen on.
+    for name in [r for r in recipes if r in tables.GENERALIST or r == "pgd-at"]:
         run_dir = runs / f"{name}-seed{seeds[0]}"
         if (run_dir / "final" / "summary.json").exists():
             curves.append(plot_curves(load_run(run_dir), results / f"curves-{name}-seed{seeds[0]}.png"))
