@@ -28,6 +28,7 @@ from generalist.models.wide_resnet import wrn_28_10, wrn_34_10
 
 __all__ = ["MODEL_NAMES", "Normalize", "build_model"]
 
+
 def small_cnn_wide(**kwargs) -> nn.Module:
     """SmallCNN at (40, 80, 160) channels, 147k parameters: the widest for which a 30-epoch generalist-d run on
     the full CIFAR-10 training split fits in about 45 minutes of one CPU core (the `-cpu` recipes;
