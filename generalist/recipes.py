@@ -176,7 +176,13 @@ def cpu(config: RunConfig) -> RunConfig:
     epochs 20, 25 and 30 are communication epochs (every 5th, as in the paper); training PGD 5 steps of 2.5 *
     eps / 5 and lr 0.05, as `-small` (the step rule and lr that train this CNN family fast); 2,000
     validation points, all scored with PGD-10 every 2nd epoch, so that best-on-validation is chosen with a
-    standard error of about 1 point."""
+    standard error of about 1 point.
+
+    Caveat, measured: with E = 30 the first communication epoch (75/120 of 30 = 18.75, rounded up to a multiple
+    of 5) is epoch 20, where mixing starts; the paper has one five epochs earlier. The learners' EMAs then still
+    hold their separate histories when they are first mixed, and generalist-d's global learner collapses
+    (benchmarks/results/accuracy/converged/README.md); `mixing.redistribute_start=0.5` restores the earlier
+    communication epoch."""
     config = small(config)
     return replace(config, recipe=config.recipe[: -len("-small")] + "-cpu",
                    data=replace(config.data, train_subset=None, val_size=2000),
