@@ -147,7 +147,10 @@ def best_is_final(run_dir: Path) -> bool:
 
 
 def publish(run_dir: Path, results: Path) -> None:
-    """Copy the small, reviewable files of a run into the committed results folder."""
+    """Copy the small, reviewable files of a finished run into the committed results folder (a run still
+    training would leave a partial copy that looks like a result)."""
+    if not (run_dir / "final" / "summary.json").exists():
+        return
     target = results / "runs" / run_dir.name
     target.mkdir(parents=True, exist_ok=True)
     sources = [(run_dir / "config.json", "config.json"), (run_dir / "final" / "summary.json", "summary.json"),
