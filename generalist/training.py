@@ -34,12 +34,17 @@ class RunData:
     initial_state: StateDict
 
 
+def validation_split_seed(seed: int) -> int:
+    """The seed of a run's held-out validation split (seed stream 3), for split_train_val / split_indices."""
+    return derive_seed(seed, 3)
+
+
 def prepare_run_data(config: RunConfig) -> RunData:
     """Load the data and build the shared initialisation; a pure function of the config and the files."""
     info = dataset_info(config.data.dataset)
     root = resolve_data_root(config.data.root)
     full = load_split(config.data.dataset, root, train=True, download=config.data.download)
-    train, val = split_train_val(full, config.data.val_size, seed=derive_seed(config.seed, 3))
+    train, val = split_train_val(full, config.data.val_size, seed=validation_split_seed(config.seed))
     if config.data.train_subset is not None:
         train = TensorData(train.x[: config.data.train_subset], train.y[: config.data.train_subset])
     stream = TrainStream(train, batch_size=config.data.batch_size, seed=derive_seed(config.seed, 4),

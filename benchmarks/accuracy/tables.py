@@ -83,7 +83,8 @@ def checkpoint_folders(run_dir: Path, checkpoint: str) -> tuple[str, ...]:
     """The evaluation folders of one checkpoint of a run: `best-*` for the best-on-validation global learner,
     every other folder for the final one (protocol.eval_tag names them), so the two are never combined."""
     best = checkpoint == "best"
-    return tuple(sorted(p.name for p in (run_dir / "eval").glob("*") if p.is_dir() and p.name.startswith("best-") == best))
+    return tuple(sorted(p.name for p in (run_dir / "eval").glob("*")
+                        if p.is_dir() and p.name.startswith("best-") == best))
 
 
 def group(runs: list[Combined]) -> dict[str, list[Combined]]:

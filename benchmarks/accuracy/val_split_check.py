@@ -1,7 +1,7 @@
 """Is a run's validation split harder than the rest of the held-out training data? Chance or defect.
 
 What it measures: for the validation split a run of seed S draws (the exact indices training takes,
-`generalist.data.split_indices` with the seed `prepare_run_data` derives), the clean accuracy of some
+`generalist.data.split_indices` with `generalist.training.validation_split_seed`), the clean accuracy of some
 classifiers on it, against their accuracy on the training images the run never saw (held out but not in
 val), and against R random subsets of those unused images of the same size as val. A split drawn at
 random scores like a random subset: its z-score (how many standard deviations of the subsets' accuracy
@@ -30,14 +30,15 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from generalist.config import load_run_config  # noqa: E402
-from generalist.data import derive_seed, load_split, resolve_data_root, split_indices  # noqa: E402
+from generalist.data import load_split, resolve_data_root, split_indices  # noqa: E402
 from generalist.evaluation.model_loading import load_model  # noqa: E402
+from generalist.training import validation_split_seed  # noqa: E402
 
 
 def held_out(n: int, val_size: int, train_subset: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor,
                                                                                     torch.Tensor]:
     """(train, val, unused) indices of the training split for a run of `seed`, as prepare_run_data takes them."""
-    train, val = split_indices(n, val_size, derive_seed(seed, 3))
+    train, val = split_indices(n, val_size, validation_split_seed(seed))
     used = train if train_subset is None else train[:train_subset]
     return used, val, train[len(used):]
 
@@ -86,7 +87,7 @@ def other_splits(correct: torch.Tensor, trained_on: torch.Tensor, n: int, val_si
     p = correct[held].float().mean()
     z = []
     for seed in range(seeds):
-        val = split_indices(n, val_size, derive_seed(seed, 3))[1]
+        val = split_indices(n, val_size, validation_split_seed(seed))[1]
         val = val[held[val]]
         z.append(((correct[val].float().mean() - p) / (p * (1 - p) / len(val)).sqrt()).item())
     return torch.tensor(z)
@@ -133,7 +134,8 @@ def main() -> None:
     if args.other_seeds:
         print(f"\n# each model on the val splits of seeds 0..{args.other_seeds - 1} (points it did not train on): "
               "z against its accuracy on all such points (binomial standard error)")
-        print("| model | its seed | z of its own split | z over the other splits: mean ± std | min (seed) | splits with z < -3 |")
+        print("| model | its seed | z of its own split | z over the other splits: mean ± std | min (seed) | "
+              "splits with z < -3 |")
         print("|---|---|---|---|---|---|")
         for seed, models in sorted(runs.items()):
             train = held_out(len(y), args.val_size, args.train_subset, seed)[0]

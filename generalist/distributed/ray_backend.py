@@ -35,7 +35,8 @@ from generalist.distributed.ray_start import start_local_ray
 from generalist.errors import (BackendError, CheckpointError, ConfigError, DataError, GeneralistError,
                                TrainingDiverged)
 from generalist.mixing import GlobalLearner
-from generalist.records import GLOBAL, EpochResult, RoundStats, accuracy_fields, checkpoint_state, epoch_rows, round_rows
+from generalist.records import (GLOBAL, EpochResult, RoundStats, accuracy_fields, checkpoint_state, epoch_rows,
+                                round_rows)
 from generalist.repro import set_determinism
 from generalist.run_folder import BestTracker, FolderSink, Resume, RunFolder, load_resume_payloads
 from generalist.storage import Location, locate

@@ -35,16 +35,10 @@ def eval_record(summary: dict, spec: EvalSpec, source: ModelSource, attacks: dic
         entry["attacks"] = {a.key: a.describe() for a in attacks[t.norm]}
         threats[t.norm] = entry
     return {
-        "name": model_fields["name"],
-        "dataset": source.dataset,
-        "architecture": source.architecture,
+        **model_fields,
         "threat_model": first,
         "eps": head["eps"],
-        "clean_acc": summary["clean_acc"],
         "autoattack_acc": head.get("autoattack_acc"),
-        "additional_data": False,
-        "number_forward_passes": 1,
-        "n_examples": summary["n_examples"],
         "points": f"the first {summary['n_examples']} of the {split_size} {source.dataset} test points",
         "standard_autoattack": spec.is_standard(),
         "union_acc": summary["union_acc"],
