@@ -172,23 +172,27 @@ def cpu(config: RunConfig) -> RunConfig:
     Changed from paper scale, and why: `small-cnn-wide` instead of ResNet-18 (the widest CNN for which a
     generalist-d run fits 45 minutes of one core; ResNet-18 needs about 23 s per PGD step there); 30 epochs
     instead of 120 (PGD-AT's validation accuracy has stopped rising by then; the pilot's curves are in
-    benchmarks/results/accuracy/converged/); the schedule's fractions kept, so mixing starts at epoch 20 and
-    epochs 20, 25 and 30 are communication epochs (every 5th, as in the paper); training PGD 5 steps of 2.5 *
-    eps / 5 and lr 0.05, as `-small` (the step rule and lr that train this CNN family fast); 2,000
+    benchmarks/results/accuracy/converged/); mixing from 2/3 of training (epoch 20) and communication every 5th
+    epoch, as in the paper, but in the Generalist recipes from half of training (epochs 15, 20, 25, 30) instead
+    of 75/120, so that one communication epoch comes before mixing starts, as epoch 75 does before 80 in the paper
+    (single-learner baselines keep 75/120: epochs 20, 25, 30, where they reload their own EMA and there is
+    nothing to align before mixing; their seed-0 runs were trained so); training PGD 5 steps
+    of 2.5 * eps / 5 and lr 0.05, as `-small` (the step rule and lr that train this CNN family fast); 2,000
     validation points, all scored with PGD-10 every 2nd epoch, so that best-on-validation is chosen with a
     standard error of about 1 point.
 
-    Caveat, measured: with E = 30 the first communication epoch (75/120 of 30 = 18.75, rounded up to a multiple
-    of 5) is epoch 20, where mixing starts; the paper has one five epochs earlier. The learners' EMAs then still
-    hold their separate histories when they are first mixed, and generalist-d's global learner collapses
-    (benchmarks/results/accuracy/converged/README.md); `mixing.redistribute_start=0.5` restores the earlier
-    communication epoch."""
+    Why not 75/120, measured: with E = 30 its first communication epoch (18.75, rounded up to a multiple of 5)
+    is epoch 20, where mixing starts. The learners' EMAs then still hold their separate histories when they are
+    first mixed, and generalist-d's global learner collapses (benchmarks/results/accuracy/converged/README.md).
+    """
     config = small(config)
+    redistribute_start = 0.5 if len(config.learners) > 1 else config.mixing.redistribute_start
     return replace(config, recipe=config.recipe[: -len("-small")] + "-cpu",
                    data=replace(config.data, train_subset=None, val_size=2000),
                    model=ModelConfig(name="small-cnn-wide"),
                    schedule=replace(config.schedule, epochs=30),
-                   mixing=replace(config.mixing, redistribute_every=5),
+                   mixing=replace(config.mixing, redistribute_every=5,
+                                 redistribute_start=redistribute_start),
                    eval=replace(config.eval, every_epochs=2, n_examples=2000, pgd_steps=10))
 
 

@@ -99,3 +99,20 @@ def test_cpu_recipes_keep_the_paper_schedule_fractions_with_two_communication_ep
         epochs = config.schedule.epochs
         mixing = [e for e in range(1, epochs + 1) if e > config.mixing.mix_start * epochs]
         assert sum(is_communication_epoch(e, config) for e in mixing) >= 2, name
+
+
+def test_cpu_generalist_recipes_communicate_once_before_mixing_starts_as_the_paper_does():
+    """The paper (E = 120) redistributes at the end of epoch 75, so the learners train five epochs from the
+    global weights (and their EMAs follow) before the first mixed epoch, 81. At E = 30, 75/120 would leave
+    only the redistribution at the end of epoch 20, right before the first mixed epoch, 21: the EMAs mixed
+    then still hold the learners' separate histories."""
+    from generalist.mixing import is_communication_epoch, mixing_weights
+
+    paper = get_recipe("generalist-d")
+    for config in [paper] + [get_recipe(f"{name}-cpu") for name in ("generalist-d", "generalist-mn", "generalist-t")]:
+        epochs, anchor = config.schedule.epochs, config.learner_names.index(config.mixing.anchor)
+        first_mixed = min(e for e in range(1, epochs + 1) if mixing_weights(e, config)[anchor] < 1)
+        trained_from_global = [e for e in range(1, first_mixed - 1) if is_communication_epoch(e, config)]
+        assert trained_from_global, f"{config.recipe}: no full epoch from the global weights before epoch {first_mixed}"
+    # The single-learner baselines keep the schedule their seed-0 runs were trained with.
+    assert get_recipe("pgd-at-cpu").mixing.redistribute_start == 75 / 120
