@@ -114,6 +114,41 @@ def accuracy_table(runs: list[Combined]) -> str:
     return "\n".join(lines)
 
 
+# Which baselines each Generalist recipe's claim is against (PAPER.md): D against PGD-AT and TRADES on Linf,
+# MN and T against AVG and MAX on the union.
+CLAIMS = {"generalist-d": ("pgd-at", "trades"), "generalist-mn": ("avg", "max"), "generalist-t": ("avg", "max")}
+
+
+def difference_table(runs: list[Combined], claims: dict[str, tuple[str, ...]] = CLAIMS) -> str | None:
+    """Generalist minus baseline, paired by seed (the same seed draws the same validation split, initial
+    weights and batch order), mean ± std over the shared seeds, and each seed's difference: how a difference compares
+    with the seed-to-seed spread. None when no pair has a shared seed."""
+    by_name = group(runs)
+    threats = [t for t in THREATS if any(t in r.robust for r in runs)]
+    columns = ["clean", *threats, "union"]
+    head = ["difference (points)", "seeds", *columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for generalist, baselines in claims.items():
+        ours = {r.seed: r for r in by_name.get(generalist, [])}
+        for baseline in baselines:
+            theirs = {r.seed: r for r in by_name.get(baseline, [])}
+            seeds = sorted(set(ours) & set(theirs))
+            if not seeds:
+                continue
+            cells = [f"{generalist} - {baseline}", ",".join(map(str, seeds))]
+            for column in columns:
+                deltas = [_value(ours[s], column) - _value(theirs[s], column) for s in seeds
+                          if _value(ours[s], column) is not None and _value(theirs[s], column) is not None]
+                each = " (" + ", ".join(f"{d:+.1f}" for d in deltas) + ")" if len(deltas) > 1 else ""
+                cells.append(fmt(deltas) + each if deltas else "-")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else None
+
+
+def _value(run: Combined, column: str) -> float | None:
+    return run.clean if column == "clean" else run.robust.get(column)
+
+
 def ablation_table(runs: list[Combined], changes: dict[str, str]) -> str:
     """accuracy_table's numbers plus what each variant changed and what it cost in time."""
     head = ["variant", "change", "seeds", "clean", "Linf", "L2", "union", "syncs", "sync s (total)", "train s"]

@@ -96,3 +96,22 @@ def test_identical_variants_are_found(tmp_path):
         runs.append(tables.combine_run(run, name, 0))
 
     assert tables.identical_groups(runs) == [["d-sync100", "d-sync-epoch"]]
+
+
+def test_differences_are_paired_by_seed_and_show_each_seed(tmp_path):
+    tables = load_tables()
+    C = tables.Combined
+    runs = [C("pgd-at", 0, 1000, 44.0, {"Linf": 20.0, "union": 20.0}),
+            C("pgd-at", 1, 1000, 46.0, {"Linf": 22.0, "union": 22.0}),
+            C("pgd-at", 2, 1000, 45.0, {"Linf": 21.0, "union": 21.0}),  # no generalist-d seed 2: not paired
+            C("generalist-d", 0, 1000, 40.0, {"Linf": 19.0, "union": 19.0}),
+            C("generalist-d", 1, 1000, 46.0, {"Linf": 20.0, "union": 20.0})]
+
+    table = tables.difference_table(runs).splitlines()
+
+    assert len(table) == 3  # header, rule, one pair: trades has no runs
+    cells = [c.strip() for c in table[2].strip("|").split("|")]
+    # Seed 0: 40 - 44 = -4, seed 1: 46 - 46 = 0; seed 2 has no generalist-d run and is left out.
+    assert cells[:3] == ["generalist-d - pgd-at", "0,1", "-2.00 ± 2.83 (-4.0, +0.0)"]
+    assert cells[3] == "-1.50 ± 0.71 (-1.0, -2.0)"
+    assert tables.difference_table([r for r in runs if r.name == "pgd-at"]) is None
