@@ -241,8 +241,8 @@ def write_converged_study(runs: Path, results: Path, recipes: list[str], seeds: 
                                     "(CIFAR-10, converged CPU scale)", off_plot=("natural",))
         lines += [f"## {title}", "", tables.accuracy_table(combined), ""]
         if differences := tables.difference_table(combined):
-            lines += ["Generalist minus its baselines, paired by seed (same validation split, initial weights and batch order); "
-                      "in brackets each seed's difference:", "", differences, ""]
+            lines += ["Generalist minus its baselines, paired by seed (same validation split, initial weights and "
+                      "batch order); in brackets each seed's difference:", "", differences, ""]
         lines += [f"![trade-off, {checkpoint}]({plot.name})", ""]
     if not found:
         log("nothing evaluated yet: no table")
