@@ -15,7 +15,8 @@ from typing import Protocol
 import torch
 
 from generalist.config import RunConfig
-from generalist.data import TensorData, TrainStream, dataset_info, derive_seed, load_split, resolve_data_root, split_train_val
+from generalist.data import (TensorData, TrainStream, dataset_info, derive_seed, load_split, resolve_data_root,
+                             split_train_val)
 from generalist.evaluation.validation import clean_and_pgd_accuracy, run_threats
 from generalist.learner import Learner, build_initial_state
 from generalist.mixing import StateDict, mixing_weights

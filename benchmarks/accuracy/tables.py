@@ -121,8 +121,8 @@ CLAIMS = {"generalist-d": ("pgd-at", "trades"), "generalist-mn": ("avg", "max"),
 
 def difference_table(runs: list[Combined], claims: dict[str, tuple[str, ...]] = CLAIMS) -> str | None:
     """Generalist minus baseline, paired by seed (the same seed draws the same validation split, initial
-    weights and batch order), mean ± std over the shared seeds, and each seed's difference: how a difference compares
-    with the seed-to-seed spread. None when no pair has a shared seed."""
+    weights and batch order), mean ± std over the shared seeds, and each seed's difference: how a difference
+    compares with the seed-to-seed spread. None when no pair has a shared seed."""
     by_name = group(runs)
     threats = [t for t in THREATS if any(t in r.robust for r in runs)]
     columns = ["clean", *threats, "union"]
@@ -137,8 +137,8 @@ def difference_table(runs: list[Combined], claims: dict[str, tuple[str, ...]] = 
                 continue
             cells = [f"{generalist} - {baseline}", ",".join(map(str, seeds))]
             for column in columns:
-                deltas = [_value(ours[s], column) - _value(theirs[s], column) for s in seeds
-                          if _value(ours[s], column) is not None and _value(theirs[s], column) is not None]
+                pairs = [(_value(ours[s], column), _value(theirs[s], column)) for s in seeds]
+                deltas = [a - b for a, b in pairs if a is not None and b is not None]
                 each = " (" + ", ".join(f"{d:+.1f}" for d in deltas) + ")" if len(deltas) > 1 else ""
                 cells.append(fmt(deltas) + each if deltas else "-")
             lines.append("| " + " | ".join(cells) + " |")

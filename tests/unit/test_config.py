@@ -113,6 +113,7 @@ def test_cpu_generalist_recipes_communicate_once_before_mixing_starts_as_the_pap
         epochs, anchor = config.schedule.epochs, config.learner_names.index(config.mixing.anchor)
         first_mixed = min(e for e in range(1, epochs + 1) if mixing_weights(e, config)[anchor] < 1)
         trained_from_global = [e for e in range(1, first_mixed - 1) if is_communication_epoch(e, config)]
-        assert trained_from_global, f"{config.recipe}: no full epoch from the global weights before epoch {first_mixed}"
+        assert trained_from_global, (f"{config.recipe}: no full epoch from the global weights before epoch "
+                                     f"{first_mixed}")
     # The single-learner baselines keep the schedule their seed-0 runs were trained with.
     assert get_recipe("pgd-at-cpu").mixing.redistribute_start == 75 / 120
