@@ -71,8 +71,9 @@ def time_recipe(recipe: str, device_name: str, steps: int, warmup: int, threads:
         step_seconds[learner.name] = median_seconds(step, steps)
     sync_seconds = None
     if len(learners) > 1:
-        global_learner = GlobalLearner(config, data.initial_state, device)
-        last_epoch = config.schedule.epochs  # a mixing epoch: every learner's weight is live
+        global_learner = GlobalLearner(config, data.initial_state, device,
+                                      steps_per_epoch=data.stream.steps_per_epoch)
+        last_epoch = config.schedule.clock_length  # the last clock epoch mixes: every learner carries weight
 
         def sync():
             global_learner.sync([learner.ema_buffer for learner in learners], last_epoch, 1)

@@ -135,11 +135,20 @@ class LearnerConfig:
 
 @dataclass(kw_only=True)
 class ScheduleConfig:
-    """Epoch budget and the piecewise-linear lr schedule, both evaluated at the 1-based epoch e."""
+    """Epoch budget, the piecewise-linear lr schedule, and the clock every schedule is read on.
+
+    Every schedule (lr, mixing weights, communication epochs, the EMA horizon) is a function of a 1-based
+    *clock epoch*. By default the clock is the data epoch, as in the reference. With `clock_epochs = C` the
+    run's optimiser steps are cut into C equal slices and each slice is one clock epoch standing for one
+    reference epoch of `reference_steps_per_epoch` steps; the EMAs' maximum decay is rescaled so that their
+    horizon is the same share of training as the reference's (generalist.mixing.ema_max_decay). A 30-epoch run
+    with C = 120 then keeps every ratio of the 120-epoch paper schedule in optimiser steps (docs/mixing.md)."""
 
     epochs: int = 120
-    lr_knots: list[float] = field(default_factory=lambda: [0.0, 1 / 3, 2 / 3, 1.0])  # fractions of epochs
+    lr_knots: list[float] = field(default_factory=lambda: [0.0, 1 / 3, 2 / 3, 1.0])  # fractions of training
     lr_factors: list[float] = field(default_factory=lambda: [1.0, 1.0, 0.1, 0.01])  # times each learner's lr
+    clock_epochs: int | None = None  # None: the clock is the data epoch; C: C equal slices of the optimiser steps
+    reference_steps_per_epoch: int = 391  # steps of one reference epoch (CIFAR-10, batch 128): rescales the EMA
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"schedule.epochs must be >= 1, got {self.epochs}")
@@ -148,6 +157,15 @@ class ScheduleConfig:
         _check(all(a < b for a, b in zip(self.lr_knots, self.lr_knots[1:])),
                "schedule.lr_knots must be strictly increasing fractions of training")
         _check(all(f >= 0 for f in self.lr_factors), "schedule.lr_factors must be >= 0")
+        _check(self.clock_epochs is None or self.clock_epochs >= 1,
+               f"schedule.clock_epochs must be >= 1 (or null for the data epochs), got {self.clock_epochs}")
+        _check(self.reference_steps_per_epoch >= 1,
+               f"schedule.reference_steps_per_epoch must be >= 1, got {self.reference_steps_per_epoch}")
+
+    @property
+    def clock_length(self) -> int:
+        """How many clock epochs a run has: clock_epochs, else its data epochs."""
+        return self.clock_epochs if self.clock_epochs is not None else self.epochs
 
 
 @dataclass(kw_only=True)
@@ -160,7 +178,13 @@ class MixingConfig:
     redistribute_start: float = 75 / 120  # fraction of training; first communication epoch >= this
     redistribute_every: int = 5  # epochs: an epoch e is a communication epoch when e % this == 0
     sync_every: int = 1  # optimiser steps between syncs (each epoch end is a sync too)
-    ema_max_decay: float = 0.999  # d = min(max_decay, (s + 1) / (s + 10))
+    ema_max_decay: float = 0.999  # d = min(max_decay, (s + 1) / (s + 10)); rescaled on a step clock
+    # The global learner's BatchNorm running statistics. interpolate: averaged like weights, as the reference
+    # does (and redistributed with them). reestimate: recomputed from `bn_batches` training batches wherever
+    # the global learner is evaluated or saved (validation, final/global.pt, `generalist eval`), and the
+    # learners keep their own statistics at redistribution (generalist.bn_stats).
+    global_bn: str = "interpolate"
+    bn_batches: int = 100
 
     def __post_init__(self) -> None:
         _check(0 <= self.mix_start <= 1, f"mixing.mix_start must be in [0, 1], got {self.mix_start}")
@@ -169,6 +193,8 @@ class MixingConfig:
         _check(self.redistribute_every >= 1, f"mixing.redistribute_every must be >= 1, got {self.redistribute_every}")
         _check(self.sync_every >= 1, f"mixing.sync_every must be >= 1, got {self.sync_every}")
         _check(0 <= self.ema_max_decay < 1, f"mixing.ema_max_decay must be in [0, 1), got {self.ema_max_decay}")
+        _choice("mixing.global_bn", self.global_bn, ("interpolate", "reestimate"))
+        _check(self.bn_batches >= 1, f"mixing.bn_batches must be >= 1, got {self.bn_batches}")
 
 
 @dataclass(kw_only=True)
@@ -299,6 +325,14 @@ class RunConfig:
         # checkpoints written before the field existed (all fp32) keep resuming.
         if self.runtime.precision != "fp32":
             d["runtime"]["precision"] = self.runtime.precision
+        # The same for the step clock and BatchNorm re-estimation: at their reference values they are absent,
+        # so checkpoints written before these fields existed keep resuming.
+        if self.schedule.clock_epochs is None:
+            d["schedule"].pop("clock_epochs")
+            d["schedule"].pop("reference_steps_per_epoch")
+        if self.mixing.global_bn == "interpolate":
+            d["mixing"].pop("global_bn")
+            d["mixing"].pop("bn_batches")
         return d
 
 

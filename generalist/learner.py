@@ -10,7 +10,8 @@ import torch
 from generalist.config import RunConfig
 from generalist.data import TrainStream, derive_seed
 from generalist.errors import TrainingDiverged
-from generalist.mixing import StateDict, clone_state, ema_decay, lr_factor
+from generalist.bn_stats import batchnorm_buffer_names
+from generalist.mixing import StateDict, clock_tick, clone_state, ema_decay, ema_max_decay, lr_factor
 from generalist.models import build_model
 from generalist.objectives import objective_loss
 from generalist.packed_state import StateLayout
@@ -67,6 +68,12 @@ class Learner:
         self._ema_integers = [[v for v in views.values() if not v.is_floating_point()] for views in self._ema_views]
         self._ema_current = 0
         self.ema_steps = 0
+        self.max_decay = ema_max_decay(config, stream.steps_per_epoch)
+        # Under mixing.global_bn=reestimate a learner keeps its own BatchNorm statistics at redistribution:
+        # they describe its own inputs (clean or adversarial) through the weights it trains, which the
+        # interpolated statistics of the global learner do not (generalist.bn_stats).
+        self.kept_at_redistribution = (batchnorm_buffer_names(self.model)
+                                       if config.mixing.global_bn == "reestimate" else frozenset())
         self.steps_done = 0
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(derive_seed(config.seed, 1, index))  # seed stream 1: attacks, per learner
@@ -78,7 +85,10 @@ class Learner:
     def run_steps(self, epoch: int, first_step: int, n: int) -> RoundStats:
         """Train n optimiser steps of 1-based `epoch`, starting at `first_step` of that epoch."""
         start = time.perf_counter()
-        lr = self.spec.lr * lr_factor(epoch, self.config)
+        # The round's clock epoch (generalist.mixing.clock_tick): rounds never span two (training.plan_epoch).
+        tick = clock_tick(self.config, (epoch - 1) * self.stream.steps_per_epoch + first_step,
+                          self.stream.steps_per_epoch)
+        lr = self.spec.lr * lr_factor(tick, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=self.device)
@@ -96,7 +106,7 @@ class Learner:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            decay = ema_decay(self.ema_steps, self.config.mixing.ema_max_decay)
+            decay = ema_decay(self.ema_steps, self.max_decay)
             self._update_ema(live_floats, live_integers, decay, into_spare=first_update_of_round)
             first_update_of_round = False
             self.ema_steps += 1
@@ -117,7 +127,7 @@ class Learner:
                 f"{first_step}..{first_step + n - 1}; lower learners.{self.name}.lr (now {self.spec.lr}). "
                 "The last good checkpoint was kept.")
         return RoundStats(self.name, epoch, self.steps_done, mean_loss, correct.item() / images, lr,
-                          time.perf_counter() - start, images)
+                          time.perf_counter() - start, images, tick)
 
     @torch.no_grad()
     def _update_ema(self, live_floats: list[torch.Tensor], live_integers: list[torch.Tensor], decay: float,
@@ -147,9 +157,11 @@ class Learner:
     @torch.no_grad()
     def load_global_(self, state: StateDict) -> None:
         """Redistribution: copy the global weights and buffers into this learner's live model in place.
-        The optimiser's momentum and the learner's own EMA are kept, as in the reference."""
+        The optimiser's momentum and the learner's own EMA are kept, as in the reference; under
+        mixing.global_bn=reestimate so are its BatchNorm statistics."""
         for name, tensor in self.model.state_dict().items():
-            tensor.copy_(state[name])
+            if name not in self.kept_at_redistribution:
+                tensor.copy_(state[name])
 
     def state_dict(self) -> dict:
         return {

@@ -5,7 +5,9 @@ buffer (generalist.packed_state), so the same code runs inside one process, insi
 Ray backend, or in a test that checks it against the reference algorithm.
 
 Schedules follow the reference code: they are evaluated at the 1-based epoch `e` and stay constant
-within an epoch (PAPER.md, "The reference algorithm").
+within an epoch (PAPER.md, "The reference algorithm"). That epoch is a *clock epoch* (a "tick"): the data epoch
+by default, or one of `schedule.clock_epochs` equal slices of the run's optimiser steps (`clock_tick`), so that
+a short run keeps the paper's schedule in optimiser steps, not only in epochs.
 """
 
 from __future__ import annotations
@@ -29,10 +31,47 @@ def piecewise_linear(x: float, knots: Sequence[float], values: Sequence[float]) 
     return float(values[-1])
 
 
+def clock_tick(config: RunConfig, global_step: int, steps_per_epoch: int) -> int:
+    """The 1-based clock epoch of the optimiser step with 0-based index `global_step`.
+
+    Data-epoch clock: global_step // steps_per_epoch + 1. Step clock: the run's T = epochs * steps_per_epoch
+    steps are cut into C = clock_epochs slices, step s in slice s * C // T (integer arithmetic: no rounding
+    drift, and the slices differ in length by at most one step)."""
+    schedule = config.schedule
+    if schedule.clock_epochs is None:
+        return global_step // steps_per_epoch + 1
+    return global_step * schedule.clock_epochs // (schedule.epochs * steps_per_epoch) + 1
+
+
+def tick_starts(config: RunConfig, steps_per_epoch: int) -> list[int]:
+    """The 0-based global step at which each clock epoch begins (ticks 1..L), for cutting rounds there."""
+    schedule = config.schedule
+    total = schedule.epochs * steps_per_epoch
+    if schedule.clock_epochs is None:
+        return [k * steps_per_epoch for k in range(schedule.epochs)]
+    c = schedule.clock_epochs
+    return [-(-k * total // c) for k in range(c)]  # the first s with s * C >= k * T: ceil(k * T / C)
+
+
+def ema_max_decay(config: RunConfig, steps_per_epoch: int) -> float:
+    """The EMAs' maximum decay for this run's length.
+
+    Data-epoch clock: mixing.ema_max_decay. Step clock: the decay whose horizon 1 / (1 - d) is the same share
+    of training as the reference's, `1 - (1 - ema_max_decay) * C * reference_steps_per_epoch / T` (0.999 over
+    46,920 steps becomes 0.99583 over 11,250). Because the warm-up min(d, (s + 1) / (s + 10)) reaches d at
+    s = 9 / (1 - d) - 10, the warm-up is rescaled with it."""
+    schedule, d = config.schedule, config.mixing.ema_max_decay
+    if schedule.clock_epochs is None:
+        return d
+    total = schedule.epochs * steps_per_epoch
+    return max(0.0, 1 - (1 - d) * schedule.clock_epochs * schedule.reference_steps_per_epoch / total)
+
+
 def lr_factor(epoch: int, config: RunConfig) -> float:
-    """Multiplier of every learner's base lr at 1-based `epoch` (1, 1, 0.1, 0.01 at 0, E/3, 2E/3, E)."""
-    epochs = config.schedule.epochs
-    return piecewise_linear(epoch, [k * epochs for k in config.schedule.lr_knots], config.schedule.lr_factors)
+    """Multiplier of every learner's base lr at 1-based clock epoch `epoch` (1, 1, 0.1, 0.01 at 0, L/3, 2L/3,
+    L for the default knots, L the clock's length)."""
+    length = config.schedule.clock_length
+    return piecewise_linear(epoch, [k * length for k in config.schedule.lr_knots], config.schedule.lr_factors)
 
 
 def mixing_weights(epoch: int, config: RunConfig) -> list[float]:
@@ -40,8 +79,8 @@ def mixing_weights(epoch: int, config: RunConfig) -> list[float]:
 
     Before `mix_start` all weight is on the anchor; from there the anchor's weight moves linearly to its
     final value and the rest is shared among the others in proportion to their final weights. With two
-    learners this is exactly the reference's (beta, 1 - beta)."""
-    epochs = config.schedule.epochs
+    learners this is exactly the reference's (beta, 1 - beta). `epoch` is a 1-based clock epoch."""
+    epochs = config.schedule.clock_length
     names = config.learner_names
     anchor = names.index(config.mixing.anchor)
     finals = [learner.final_weight for learner in config.learners]
@@ -58,16 +97,16 @@ def mixing_weights(epoch: int, config: RunConfig) -> list[float]:
 
 
 def is_communication_epoch(epoch: int, config: RunConfig) -> bool:
-    """Redistribution happens at the syncs of epochs e >= redistribute_start * E with e % every == 0."""
+    """Redistribution happens at the syncs of clock epochs e >= redistribute_start * L with e % every == 0."""
     mixing = config.mixing
-    return (mixing.redistribute and epoch >= mixing.redistribute_start * config.schedule.epochs
+    return (mixing.redistribute and epoch >= mixing.redistribute_start * config.schedule.clock_length
             and epoch % mixing.redistribute_every == 0)
 
 
 def mixing_plan(config: RunConfig) -> dict[int, tuple[list[float], bool]]:
-    """epoch -> (gamma(epoch), whether it is a communication epoch): what every sync of that epoch does."""
+    """clock epoch -> (gamma, whether it is a communication epoch): what every sync of that clock epoch does."""
     return {e: (mixing_weights(e, config), is_communication_epoch(e, config))
-            for e in range(1, config.schedule.epochs + 1)}
+            for e in range(1, config.schedule.clock_length + 1)}
 
 
 def ema_decay(step: int, max_decay: float = 0.999) -> float:
@@ -155,8 +194,12 @@ class GlobalLearner:
     The same object does it for the in-process backend and, replicated on every learner, for the
     collective path of the Ray backend, so both give the same bits."""
 
-    def __init__(self, config: RunConfig, initial_state: StateDict, device: torch.device | str | None = None):
+    def __init__(self, config: RunConfig, initial_state: StateDict, device: torch.device | str | None = None, *,
+                 steps_per_epoch: int | None = None):
+        if steps_per_epoch is None and config.schedule.clock_epochs is not None:
+            raise ValueError("a step clock (schedule.clock_epochs) needs the run's steps_per_epoch")
         self.config = config
+        self.max_decay = ema_max_decay(config, steps_per_epoch or 1)
         self.layout = StateLayout(initial_state)
         self.buffer = self.layout.pack(initial_state, device)
         self.state = self.layout.views(self.buffer)
@@ -167,7 +210,7 @@ class GlobalLearner:
         """Fold n_steps of EMA of sum_k weights[k] * emas[k] in; emas[k] may be None where weights[k] == 0."""
         check_weights(weights, len(emas))
         mixed = weighted_sum([None if b is None else self.layout.floats(b) for b in emas], weights)
-        decay = ema_decay_product(self.ema_steps, n_steps, self.config.mixing.ema_max_decay)
+        decay = ema_decay_product(self.ema_steps, n_steps, self.max_decay)
         shadow = self.layout.floats(self.buffer)
         shadow.mul_(decay)
         shadow.add_(mixed * (1 - decay))
@@ -175,7 +218,8 @@ class GlobalLearner:
         self.ema_steps += n_steps
 
     def sync(self, emas: Sequence[torch.Tensor | None], epoch: int, n_steps: int) -> bool:
-        """Fold n_steps of EMA into the global state; return whether learners must load it now."""
+        """Fold n_steps of EMA into the global state; return whether learners must load it now. `epoch` is the
+        round's clock epoch (a round never spans two)."""
         self.fold(emas, mixing_weights(epoch, self.config), n_steps)
         return is_communication_epoch(epoch, self.config)
 

@@ -1,9 +1,9 @@
 """Named recipes: functions returning a RunConfig. Variants derive from a base by changing fields.
 
 Paper scale follows PAPER.md (ResNet-18, CIFAR-10, 120 epochs, batch 128, SGD momentum 0.9, lr 0.01,
-weight decay 3.5e-3 for adversarial learners and 5e-4 for the natural one). The `-small` recipes run the
-same algorithm on a laptop CPU: a small CNN, a subset of CIFAR-10, fewer epochs, a shorter training PGD,
-and schedule fractions kept (mixing from 2/3 of training, redistribution from 75/120).
+weight decay 3.5e-3 for adversarial learners and 5e-4 for the natural one). The `-small` and `-cpu` recipes
+run the same algorithm on a CPU: a small CNN, fewer epochs, a shorter training PGD, and the paper's schedule
+kept in optimiser steps (a clock of 120 equal slices of the run's steps; see `small`).
 
 Recipes live in the library (not in jobs/) so that the installed `generalist` command finds them on any
 machine, the Ray workers of a cluster included; jobs/ names them.
@@ -28,6 +28,9 @@ L1 = AttackConfig(norm="L1", eps=12.0, step_size=3.0, steps=10)  # third norm of
 NATURAL = LearnerConfig(name="natural", lr=0.01, weight_decay=5e-4)
 ADV_LINF = LearnerConfig(name="linf", attack=LINF, lr=0.01, weight_decay=3.5e-3)
 ADV_L2 = LearnerConfig(name="l2", attack=L2, lr=0.01, weight_decay=3.5e-3)
+
+
+PAPER_EPOCHS = 120  # the paper's schedule length: the clock the CPU-scale recipes keep in optimiser steps
 
 
 def _learners(*learners: LearnerConfig, weights: list[float]) -> list[LearnerConfig]:
@@ -141,12 +144,17 @@ def e_at() -> RunConfig:
 def small(config: RunConfig) -> RunConfig:
     """The same algorithm at CPU scale: small CNN, 8k CIFAR-10 images, 8 epochs, PGD-5 in training.
 
-
     Changed from paper scale, and why: lr 0.05 (a small CNN with BN trains faster at a higher lr in 8 epochs),
-    training PGD 5 steps of 2.5 * eps / 5 (half the cost; Madry et al.'s step rule), redistribution every 2
-    epochs (E=8 has too few epochs for every 5), validation on 500 points. The baselines shrink the same way:
-    every threat of a learner, extra_attacks included, gets PGD-5 (Linf 4/255, L2 0.25, L1 6 a step; MSD runs
-    5 steps), and they share the lr 0.05; TRADES keeps beta 6."""
+    training PGD 5 steps of 2.5 * eps / 5 (half the cost; Madry et al.'s step rule), validation on 500 points.
+    The baselines shrink the same way: every threat of a learner, extra_attacks included, gets PGD-5 (Linf
+    4/255, L2 0.25, L1 6 a step; MSD runs 5 steps), and they share the lr 0.05; TRADES keeps beta 6.
+
+    Kept from paper scale in optimiser steps, not only in epochs: every schedule runs on a clock of 120 equal
+    slices of the run's steps (`schedule.clock_epochs`), so lr, gamma, the communication windows (every 5th
+    clock epoch from 75) and the EMA horizon (its maximum decay rescaled to the same share of training) keep
+    the paper's ratios at any length (docs/mixing.md, "A schedule clock faithful in steps"). The global
+    learner's BatchNorm statistics are re-estimated from data (`mixing.global_bn=reestimate`; the paper-scale
+    recipes keep the reference's interpolation)."""
     def shrink(learner: LearnerConfig) -> LearnerConfig:
         def short(attack: AttackConfig | None) -> AttackConfig | None:
             if attack is None:
@@ -159,40 +167,36 @@ def small(config: RunConfig) -> RunConfig:
                    data=replace(config.data, train_subset=8000, val_size=500),
                    model=ModelConfig(name="small-cnn"),
                    learners=[shrink(learner) for learner in config.learners],
-                   schedule=replace(config.schedule, epochs=8),
-                   mixing=replace(config.mixing, redistribute_every=2),
+                   schedule=replace(config.schedule, epochs=8, clock_epochs=PAPER_EPOCHS),
+                   mixing=replace(config.mixing, global_bn="reestimate"),
                    eval=replace(config.eval, n_examples=500, pgd_steps=20))
 
 
 def cpu(config: RunConfig) -> RunConfig:
     """The same algorithm at the largest scale that converges on a CPU: the full CIFAR-10 training split, 30
     epochs, a CNN of 147k parameters. For the converged reproduction study (benchmarks/accuracy/protocol.py
-    --scale cpu); one generalist-d run takes about 45 minutes of one core.
+    --scale cpu); one generalist-d run takes about 50 minutes of one core.
 
     Changed from paper scale, and why: `small-cnn-wide` instead of ResNet-18 (the widest CNN for which a
     generalist-d run fits 45 minutes of one core; ResNet-18 needs about 23 s per PGD step there); 30 epochs
     instead of 120 (PGD-AT's validation accuracy has stopped rising by then; the pilot's curves are in
-    benchmarks/results/accuracy/converged/); mixing from 2/3 of training (epoch 20) and communication every 5th
-    epoch, as in the paper, but in the Generalist recipes from half of training (epochs 15, 20, 25, 30) instead
-    of 75/120, so that one communication epoch comes before mixing starts, as epoch 75 does before 80 in the paper
-    (single-learner baselines keep 75/120: epochs 20, 25, 30, where they reload their own EMA and there is
-    nothing to align before mixing; their seed-0 runs were trained so); training PGD 5 steps
-    of 2.5 * eps / 5 and lr 0.05, as `-small` (the step rule and lr that train this CNN family fast); 2,000
-    validation points, all scored with PGD-10 every 2nd epoch, so that best-on-validation is chosen with a
-    standard error of about 1 point.
+    benchmarks/results/accuracy/converged/); training PGD 5 steps of 2.5 * eps / 5 and lr 0.05, as `-small`
+    (the step rule and lr that train this CNN family fast); 2,000 validation points, all scored with PGD-10
+    every 2nd epoch, so that best-on-validation is chosen with a standard error of about 1 point.
 
-    Why not 75/120, measured: with E = 30 its first communication epoch (18.75, rounded up to a multiple of 5)
-    is epoch 20, where mixing starts. The learners' EMAs then still hold their separate histories when they are
-    first mixed, and generalist-d's global learner collapses (benchmarks/results/accuracy/converged/README.md).
+    Kept, as in `small`: the paper's schedule in optimiser steps (a clock of 120 slices of the 11,250 steps:
+    mixing from clock epoch 80, communication at 75, 80, ..., 120, the EMA's maximum decay 0.99583 for the
+    paper's 2.1 % horizon) and re-estimated BatchNorm statistics for the global learner. The study's first
+    `-cpu` runs kept the paper's fractions in data epochs instead (communication at epochs 15/20, 25, 30, the
+    EMA at 0.999) and interpolated the statistics; their results are kept as the "epoch clock" variant
+    (benchmarks/results/accuracy/converged/README.md). The overrides `schedule.clock_epochs=null
+    mixing.global_bn=interpolate` reproduce them, with `mixing.redistribute_start=0.5` for the Generalist ones.
     """
     config = small(config)
-    redistribute_start = 0.5 if len(config.learners) > 1 else config.mixing.redistribute_start
     return replace(config, recipe=config.recipe[: -len("-small")] + "-cpu",
                    data=replace(config.data, train_subset=None, val_size=2000),
                    model=ModelConfig(name="small-cnn-wide"),
                    schedule=replace(config.schedule, epochs=30),
-                   mixing=replace(config.mixing, redistribute_every=5,
-                                 redistribute_start=redistribute_start),
                    eval=replace(config.eval, every_epochs=2, n_examples=2000, pgd_steps=10))
 
 

@@ -14,12 +14,15 @@ from typing import Protocol
 
 import torch
 
+from torch import nn
+
+from generalist.bn_stats import calibration_batches, reestimate_global_bn_
 from generalist.config import RunConfig
 from generalist.data import (TensorData, TrainStream, dataset_info, derive_seed, load_split, resolve_data_root,
                              split_train_val)
 from generalist.evaluation.validation import clean_and_pgd_accuracy, run_threats
 from generalist.learner import Learner, build_initial_state
-from generalist.mixing import StateDict, mixing_weights
+from generalist.mixing import StateDict, clock_tick, mixing_weights, tick_starts
 from generalist.models import build_model
 from generalist.records import GLOBAL, EpochResult, RoundStats
 
@@ -54,14 +57,29 @@ def prepare_run_data(config: RunConfig) -> RunData:
     return RunData(train, val, stream, model_kwargs, build_initial_state(config, **model_kwargs))
 
 
-def plan_epoch(steps_per_epoch: int, sync_every: int) -> list[tuple[int, int]]:
-    """Rounds of one epoch as (first_step, n_steps): a sync every `sync_every` steps and at epoch end."""
-    rounds, first = [], 0
-    while first < steps_per_epoch:
-        n = min(sync_every, steps_per_epoch - first)
-        rounds.append((first, n))
-        first += n
+def plan_epoch(steps_per_epoch: int, sync_every: int, cuts: list[int] | tuple[int, ...] = ()) -> list[tuple[int, int]]:
+    """Rounds of one epoch as (first_step, n_steps): a sync every `sync_every` steps and at epoch end.
+
+    `cuts` are steps of the epoch where a clock epoch begins (a step clock's ticks fall inside data epochs): a
+    round also ends there, so every round lies in one clock epoch and sees one lr, one gamma and one
+    communication rule, whatever sync_every is."""
+    rounds = []
+    bounds = [0, *sorted(c for c in set(cuts) if 0 < c < steps_per_epoch), steps_per_epoch]
+    for start, end in zip(bounds, bounds[1:]):
+        first = start
+        while first < end:
+            n = min(sync_every, end - first)
+            rounds.append((first, n))
+            first += n
     return rounds
+
+
+def epoch_cuts(config: RunConfig, epoch: int, steps_per_epoch: int, starts: list[int]) -> list[int]:
+    """The steps of 1-based data `epoch` where a clock epoch begins (none for the data-epoch clock)."""
+    if config.schedule.clock_epochs is None:
+        return []
+    low = (epoch - 1) * steps_per_epoch
+    return [s - low for s in starts if low < s < low + steps_per_epoch]
 
 
 class Sync(Protocol):
@@ -107,15 +125,46 @@ def evaluate_models(config: RunConfig, data: RunData, learners: list[Learner], g
     results = {}
     models = [(learner.index, learner.name, learner.model) for learner in learners]
     if global_state is not None:
-        scratch = build_model(config.model.name, **data.model_kwargs).to(device)
-        scratch.load_state_dict(global_state)
-        models.append((len(config.learners), GLOBAL, scratch))
+        tick = clock_tick(config, epoch * data.stream.steps_per_epoch - 1, data.stream.steps_per_epoch)
+        models.append((len(config.learners), GLOBAL, global_model(config, data, global_state, device, tick)))
     for index, name, model in models:
         generator = torch.Generator(device=device)
         generator.manual_seed(derive_seed(config.seed, 2, epoch, index))  # seed stream 2: evaluation
         results[name] = clean_and_pgd_accuracy(model, val, attacks, pgd_steps=config.eval.pgd_steps,
                                                batch_size=config.eval.batch_size, generator=generator, device=device)
     return results
+
+
+def global_model(config: RunConfig, data: RunData, state: StateDict, device: torch.device | str,
+                 tick: int) -> nn.Module:
+    """The global learner at clock epoch `tick` as a model to evaluate or ship: `state` loaded, and under
+    mixing.global_bn=reestimate its BatchNorm statistics recomputed from the run's first `mixing.bn_batches`
+    training batches, each shared among the learners' training inputs by their weights at `tick`
+    (generalist.bn_stats.reestimate_global_bn_)."""
+    model = build_model(config.model.name, **data.model_kwargs).to(device)
+    model.load_state_dict(state)
+    if config.mixing.global_bn == "reestimate":
+        shares = [(w, learner.attack) for w, learner in zip(mixing_weights(tick, config), config.learners)]
+        generator = torch.Generator(device=device)
+        generator.manual_seed(derive_seed(config.seed, 5, tick))  # seed stream 5: BatchNorm calibration
+        reestimate_global_bn_(model, calibration_batches(data.stream, config.mixing.bn_batches, device), shares,
+                              generator)
+    return model
+
+
+def shipped_global_state(config: RunConfig, data: RunData, state: StateDict) -> StateDict:
+    """What final/global.pt holds: the global state, its BatchNorm statistics re-estimated where the config
+    asks (on the CPU with the run's thread count, so both backends write the same bits)."""
+    if config.mixing.global_bn != "reestimate":
+        return state
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.runtime.threads)
+    try:
+        cpu_state = {name: t.detach().cpu() for name, t in state.items()}
+        model = global_model(config, data, cpu_state, "cpu", config.schedule.clock_length)
+        return {name: t.detach().clone() for name, t in model.state_dict().items()}
+    finally:
+        torch.set_num_threads(threads)
 
 
 def train_learners(config: RunConfig, data: RunData, learners: list[Learner], sync: Sync, sink: Sink, *,
@@ -126,19 +175,21 @@ def train_learners(config: RunConfig, data: RunData, learners: list[Learner], sy
     `global_state_for_eval()` returns the current global state where `owns_global`, for evaluation."""
     spe = data.stream.steps_per_epoch
     epochs = config.schedule.epochs
-    plan = plan_epoch(spe, config.mixing.sync_every)
+    starts = tick_starts(config, spe)
     every = config.runtime.checkpoint_every_rounds
     global_step, rounds_run = start_step, 0
     for epoch in range(1, epochs + 1):
         if epoch * spe <= start_step:
             continue  # finished (and checkpointed) before this resume
-        weights = mixing_weights(epoch, config)
+        plan = plan_epoch(spe, config.mixing.sync_every, epoch_cuts(config, epoch, spe, starts))
         for round_in_epoch, (first, n) in enumerate(plan):
             if (epoch - 1) * spe + first < start_step:
                 continue
+            tick = clock_tick(config, (epoch - 1) * spe + first, spe)  # the round's clock epoch: its schedules
+            weights = mixing_weights(tick, config)
             stats = [learner.run_steps(epoch, first, n) for learner in learners]
             t0 = time.perf_counter()
-            to_load = sync.exchange(epoch, n, {learner.index: learner.ema_buffer for learner in learners})
+            to_load = sync.exchange(tick, n, {learner.index: learner.ema_buffer for learner in learners})
             if to_load is not None:
                 for learner in learners:
                     learner.load_global_(to_load)

@@ -38,6 +38,10 @@ def _dataset_cache(tmp_path_factory):
 TINY = [
     "data.train_subset=640", "data.val_size=200", "data.batch_size=64", "eval.n_examples=50", "eval.pgd_steps=3",
     "schedule.epochs=3", "runtime.backend=local", "runtime.threads_per_learner=1", "mixing.redistribute_every=1",
+    # Rounds and communication on data epochs, statistics interpolated: the tests that count rounds, epochs and
+    # redistributions read them so. The step clock and re-estimated statistics have their own tests
+    # (test_clock.py, test_bn_stats.py), resume and both backends included.
+    "schedule.clock_epochs=null", "mixing.global_bn=interpolate",
 ]
 
 

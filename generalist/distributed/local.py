@@ -13,7 +13,7 @@ from generalist.mixing import GlobalLearner, StateDict
 from generalist.repro import resolve_device, set_determinism
 from generalist.run_folder import FolderSink, Resume, RunFolder, format_table, load_resume_payloads
 from generalist.records import GLOBAL, accuracy_fields
-from generalist.training import RunData, prepare_run_data, train_learners
+from generalist.training import RunData, prepare_run_data, shipped_global_state, train_learners
 
 
 class LocalSync:
@@ -44,7 +44,7 @@ def train_local(config: RunConfig, run_dir: str | Path, *, resume: bool | Resume
     device = resolve_device(config.runtime.device)
     data = prepare_run_data(config)
     learners = build_learners(config, data, list(range(len(config.learners))), device)
-    global_learner = GlobalLearner(config, data.initial_state, device)
+    global_learner = GlobalLearner(config, data.initial_state, device, steps_per_epoch=data.stream.steps_per_epoch)
     start_step, best = 0, None
     if state is not None:
         names = [f"learner-{n}" for n in config.learner_names] + [GLOBAL]
@@ -59,18 +59,19 @@ def train_local(config: RunConfig, run_dir: str | Path, *, resume: bool | Resume
     train_learners(config, data, learners, LocalSync(global_learner, len(learners)), sink, start_step=start_step,
                    owns_global=True, global_state_for_eval=lambda: global_learner.state, device=device,
                    max_rounds=max_rounds)
-    return finish(config, folder, global_learner.state, sink, time.perf_counter() - started, quiet)
+    return finish(config, data, folder, global_learner.state, sink, time.perf_counter() - started, quiet)
 
 
-def finish(config: RunConfig, folder: RunFolder, global_state: StateDict, sink: FolderSink, seconds: float,
-           quiet: bool) -> dict:
-    """Write the final global model and summary; print the last validation table."""
+def finish(config: RunConfig, data: RunData, folder: RunFolder, global_state: StateDict, sink: FolderSink,
+           seconds: float, quiet: bool) -> dict:
+    """Write the final global model (generalist.training.shipped_global_state) and summary; print the last
+    validation table."""
     latest = {row["model"]: row for row in sink.metrics.rows("epochs")}
     last = {name: accuracy_fields(latest[name]) for name in [*config.learner_names, GLOBAL] if name in latest}
     summary = {"recipe": config.recipe, "seed": config.seed, "backend": config.runtime.backend,
                "train_seconds_this_session": round(seconds, 2), "final_validation": last,
                "best_validation_score": sink.best_score}
-    folder.write_final(global_state, summary)
+    folder.write_final(shipped_global_state(config, data, global_state), summary)
     if not quiet:
         print(f"\nfinished {config.recipe} in {seconds:.0f} s; final validation accuracy (%), "
               f"{config.eval.n_examples} held-out training points:\n{format_table(last)}\n"

@@ -119,7 +119,7 @@ def learner_worker(spec: dict) -> None:
     coordinator = ray.get_actor(spec["coordinator"], namespace=spec["namespace"])
     data = prepare_run_data(config)
     (learner,) = build_learners(config, data, [rank], device)
-    global_learner = GlobalLearner(config, data.initial_state, device)
+    global_learner = GlobalLearner(config, data.initial_state, device, steps_per_epoch=data.stream.steps_per_epoch)
     start_step, best_score = 0, None
     checkpoint = ray_train.get_checkpoint()
     if checkpoint is None and spec["resume_folder"]:
@@ -323,7 +323,7 @@ def _fit(config: GeneralistConfig, folder: RunFolder, state: dict | None, quiet:
         sink.metrics.flush()
     finally:
         ray.kill(coordinator)  # on every way out: a named actor would outlive the run
-    return finish(config, folder, global_state, sink, time.perf_counter() - started, quiet)
+    return finish(config, run_data, folder, global_state, sink, time.perf_counter() - started, quiet)
 
 
 def describe_failure(error: BaseException, config: GeneralistConfig) -> str:

@@ -30,7 +30,9 @@ ROUNDS = [(1, 1), (2, 3), (6, 1), (7, 2), (7, 1), (8, 1), (9, 4)]
 
 
 def _config(recipe: str):
-    return apply_overrides(get_recipe(recipe), ["schedule.epochs=9", "mixing.redistribute_start=0.7",
+    # The data-epoch clock: the rounds below name data epochs (the step clock's ticks are tested in test_clock).
+    return apply_overrides(get_recipe(recipe), ["schedule.epochs=9", "schedule.clock_epochs=null",
+                                                "mixing.redistribute_start=0.7",
                                                 "mixing.redistribute_every=1", "model.name=small-cnn"])
 
 

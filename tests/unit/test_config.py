@@ -75,45 +75,41 @@ def test_fingerprint_ignores_runtime_placement_but_not_the_algorithm():
     assert apply_overrides(base, ["mixing.sync_every=10"]).fingerprint() != base.fingerprint()
 
 
-def test_the_readme_states_each_scales_communication_epochs_as_the_recipes_set_them():
-    """The README's rule for communication epochs names every scale's period (a newcomer checks the -small
-    runs against it): every 5th at paper scale and in -cpu, every 2nd in -small."""
+def test_the_readme_states_the_communication_rule_and_the_clock_of_each_scale():
+    """The README's rule for communication epochs names the period and the clock the recipes use (a newcomer
+    checks a run's rounds table against it)."""
     from pathlib import Path
 
     readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
-    words = {2: "2nd", 5: "5th"}
     paper, small, cpu = (get_recipe(f"generalist-d{suffix}") for suffix in ("", "-small", "-cpu"))
-    assert f"every {words[paper.mixing.redistribute_every]} epoch (`mixing.redistribute_every`" in readme
-    assert (f"every {words[small.mixing.redistribute_every]} in the {small.schedule.epochs}-epoch `-small` recipes"
-            in readme)
-    assert f"every {words[cpu.mixing.redistribute_every]} in the {cpu.schedule.epochs}-epoch `-cpu` ones" in readme
+    assert paper.mixing.redistribute_every == small.mixing.redistribute_every == cpu.mixing.redistribute_every == 5
+    assert "every 5th epoch (`mixing.redistribute_every`" in readme
+    assert small.schedule.clock_epochs == cpu.schedule.clock_epochs == 120
+    assert "clock of 120 equal slices of the run's optimiser steps" in readme
 
 
-def test_cpu_recipes_keep_the_paper_schedule_fractions_with_two_communication_epochs_in_the_mixing_phase():
+def test_cpu_recipes_keep_the_paper_schedule_with_eight_communication_epochs_in_the_mixing_phase():
     from generalist.mixing import is_communication_epoch
 
     for name in ("generalist-d-cpu", "generalist-mn-cpu", "generalist-t-cpu", "pgd-at-cpu"):
         config = get_recipe(name)
         assert config.model.name == "small-cnn-wide" and config.data.train_subset is None
         assert config.data.val_size == config.eval.n_examples == 2000
-        epochs = config.schedule.epochs
-        mixing = [e for e in range(1, epochs + 1) if e > config.mixing.mix_start * epochs]
-        assert sum(is_communication_epoch(e, config) for e in mixing) >= 2, name
+        length = config.schedule.clock_length
+        mixing = [e for e in range(1, length + 1) if e > config.mixing.mix_start * length]
+        assert sum(is_communication_epoch(e, config) for e in mixing) == 8, name  # 85, 90, ..., 120 as in the paper
 
 
-def test_cpu_generalist_recipes_communicate_once_before_mixing_starts_as_the_paper_does():
-    """The paper (E = 120) redistributes at the end of epoch 75, so the learners train five epochs from the
-    global weights (and their EMAs follow) before the first mixed epoch, 81. At E = 30, 75/120 would leave
-    only the redistribution at the end of epoch 20, right before the first mixed epoch, 21: the EMAs mixed
-    then still hold the learners' separate histories."""
+def test_generalist_recipes_communicate_once_before_mixing_starts_as_the_paper_does():
+    """The paper (E = 120) redistributes in epoch 75, so the learners train five epochs from the global
+    weights (and their EMAs follow) before the first mixed epoch, 81. The CPU scales keep that on their clock."""
     from generalist.mixing import is_communication_epoch, mixing_weights
 
     paper = get_recipe("generalist-d")
-    for config in [paper] + [get_recipe(f"{name}-cpu") for name in ("generalist-d", "generalist-mn", "generalist-t")]:
-        epochs, anchor = config.schedule.epochs, config.learner_names.index(config.mixing.anchor)
-        first_mixed = min(e for e in range(1, epochs + 1) if mixing_weights(e, config)[anchor] < 1)
+    for config in [paper] + [get_recipe(f"{name}-{scale}") for name in ("generalist-d", "generalist-mn", "generalist-t")
+                             for scale in ("cpu", "small")]:
+        length, anchor = config.schedule.clock_length, config.learner_names.index(config.mixing.anchor)
+        first_mixed = min(e for e in range(1, length + 1) if mixing_weights(e, config)[anchor] < 1)
+        assert first_mixed == 81, config.recipe
         trained_from_global = [e for e in range(1, first_mixed - 1) if is_communication_epoch(e, config)]
-        assert trained_from_global, (f"{config.recipe}: no full epoch from the global weights before epoch "
-                                     f"{first_mixed}")
-    # The single-learner baselines keep the schedule their seed-0 runs were trained with.
-    assert get_recipe("pgd-at-cpu").mixing.redistribute_start == 75 / 120
+        assert trained_from_global == [75], config.recipe

@@ -91,7 +91,7 @@ def test_one_sync_of_n_steps_equals_n_syncs_of_one_step_with_constant_inputs():
     init = {"w": torch.zeros(4)}
     layout = StateLayout(init)
     states = [layout.pack({"w": torch.ones(4)}), layout.pack({"w": torch.full((4,), 3.0)})]
-    folded, stepped = GlobalLearner(config, init), GlobalLearner(config, init)
+    folded, stepped = GlobalLearner(config, init, steps_per_epoch=63), GlobalLearner(config, init, steps_per_epoch=63)
     folded.sync(states, epoch=8, n_steps=5)
     for _ in range(5):
         stepped.sync(states, epoch=8, n_steps=1)
@@ -109,7 +109,7 @@ def test_the_global_learner_over_packed_buffers_equals_the_state_dict_rule_bit_f
              for k, v in init.items()} for k_ in range(3)]
     layout = StateLayout(init)
     weights = [0.2, 0.5, 0.3]
-    packed = GlobalLearner(config, init)
+    packed = GlobalLearner(config, init, steps_per_epoch=63)
     packed.fold([layout.pack(e) for e in emas], weights, n_steps=3)
     reference = clone_state(init)
     ema_update_(reference, interpolate(emas, weights), ema_decay_product(0, 3))
@@ -122,7 +122,7 @@ def test_a_learner_of_zero_weight_need_not_hand_in_its_state():
     init = {"w": torch.zeros(4), "n": torch.tensor(0)}
     layout = StateLayout(init)
     anchor = layout.pack({"w": torch.full((4,), 2.0), "n": torch.tensor(5)})
-    with_absent, with_present = GlobalLearner(config, init), GlobalLearner(config, init)
+    with_absent, with_present = GlobalLearner(config, init, steps_per_epoch=63), GlobalLearner(config, init, steps_per_epoch=63)
     with_absent.fold([anchor, None], [1.0, 0.0], n_steps=1)
     with_present.fold([anchor, layout.pack({"w": torch.full((4,), -7.0), "n": torch.tensor(9)})], [1.0, 0.0], 1)
     assert torch.equal(with_absent.buffer, with_present.buffer)
