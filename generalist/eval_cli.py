@@ -26,6 +26,11 @@ def register(subparsers) -> None:
                     help="which checkpoint of a run folder (auto: final/global.pt, else last)")
     ev.add_argument("--weights", default="model", choices=["model", "ema"],
                     help="a base learner's trained weights (model) or its EMA")
+    ev.add_argument("--bn-stats", default="auto", choices=["auto", "saved", "reestimate"],
+                    help="the global learner's BatchNorm statistics: saved (as the file holds them), reestimate "
+                         "(recomputed now from the run's training data, on its learners' inputs by weight, "
+                         "mixing.bn_batches batches), auto (default: reestimate where the run's config has "
+                         "mixing.global_bn=reestimate, else saved)")
     ev.add_argument("--arch", help="architecture of a bare .pt (e.g. small-cnn)")
     ev.add_argument("--dataset", help="dataset of a bare .pt (cifar10, mnist, fashion-mnist)")
     ev.add_argument("--data-root", help="dataset folder (default: the run's data.root, else $GENERALIST_DATA)")
@@ -128,6 +133,7 @@ def run_eval(args) -> int:
         source = first if learner == first.name else load_model(
             args.source, learner=learner, checkpoint=args.checkpoint, weights=args.weights,
             architecture=args.arch, dataset=args.dataset)
+        _set_bn_stats(source, args.bn_stats, root)
         out = _out_dir(args, source)
         record = evaluate_source(source, test, spec, out=out, device=device, fresh=args.fresh, shards=args.shards,
                                  address=args.address, quiet=args.quiet)
@@ -144,6 +150,42 @@ def run_eval(args) -> int:
             for path in write_model_info(record, args.model_info):
                 print(f"wrote {path}", flush=True)
     return 0
+
+
+def _set_bn_stats(source, choice: str, data_root: str | None) -> None:
+    """Re-estimate the global learner's BatchNorm statistics in place where `choice` (or, for auto, the run's
+    config) asks, exactly as training does for its evaluations and final/global.pt
+    (generalist.training.global_model), at the clock epoch of the checkpoint's step; record what was done."""
+    from dataclasses import replace
+
+    from generalist import checkpoint as ckpt
+    from generalist.mixing import clock_tick
+    from generalist.training import global_model, prepare_run_data
+
+    config = source.config
+    wanted = choice == "reestimate" or (choice == "auto" and config is not None and source.name == "global"
+                                        and config.mixing.global_bn == "reestimate")
+    if not wanted:
+        return
+    if source.name != "global":
+        raise ConfigError("--bn-stats reestimate applies to the global learner only (a base learner's statistics "
+                          "are its own)")
+    if config is None:
+        raise ConfigError("--bn-stats reestimate needs a run folder (its config names the training data and the "
+                          "learners whose inputs the statistics are estimated on)")
+    config = replace(config, data=replace(config.data, root=data_root, download=False),
+                     mixing=replace(config.mixing, global_bn="reestimate"))
+    data = prepare_run_data(config)
+    spe = data.stream.steps_per_epoch
+    path = Path(source.checkpoint)
+    # The clock epoch of the checkpoint's last step, where training scored (and shipped) it.
+    steps = config.schedule.epochs * spe if path.parent.name == "final" else ckpt.read_state(path.parent)["global_step"]
+    tick = clock_tick(config, max(steps, 1) - 1, spe)
+    model = global_model(config, data, source.model.state_dict(), "cpu", tick)
+    source.model.load_state_dict(model.state_dict())
+    source.model.eval()
+    source.bn_stats = (f"re-estimated: {config.mixing.bn_batches} training batches shared by the learners' "
+                       f"weights at clock epoch {tick} of {config.schedule.clock_length}")
 
 
 class _Remote:

@@ -161,7 +161,8 @@ def shipped_global_state(config: RunConfig, data: RunData, state: StateDict) -> 
     torch.set_num_threads(config.runtime.threads)
     try:
         cpu_state = {name: t.detach().cpu() for name, t in state.items()}
-        model = global_model(config, data, cpu_state, "cpu", config.schedule.clock_length)
+        last_step = config.schedule.epochs * data.stream.steps_per_epoch - 1
+        model = global_model(config, data, cpu_state, "cpu", clock_tick(config, last_step, data.stream.steps_per_epoch))
         return {name: t.detach().clone() for name, t in model.state_dict().items()}
     finally:
         torch.set_num_threads(threads)

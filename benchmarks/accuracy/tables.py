@@ -79,12 +79,23 @@ def combine_run(run_dir: Path, name: str, seed: int, only: tuple[str, ...] | Non
     return out
 
 
+# Evaluation folder prefixes (protocol.eval_tag names them) -> which global learner they score: the final or
+# best-on-validation one, with BatchNorm statistics as the run ships them (re-estimated where its config says so)
+# or as its global EMA stored them ("savedbn": the final one is then read from checkpoints/last).
+CHECKPOINT_PREFIXES = {"final": "", "best": "best-", "final-savedbn": "last-savedbn-", "best-savedbn": "best-savedbn-"}
+
+
+def checkpoint_kind(folder_name: str) -> str:
+    """Which CHECKPOINT_PREFIXES key an evaluation folder belongs to (the longest prefix that fits)."""
+    return max((k for k, p in CHECKPOINT_PREFIXES.items() if folder_name.startswith(p)),
+               key=lambda k: len(CHECKPOINT_PREFIXES[k]))
+
+
 def checkpoint_folders(run_dir: Path, checkpoint: str) -> tuple[str, ...]:
-    """The evaluation folders of one checkpoint of a run: `best-*` for the best-on-validation global learner,
-    every other folder for the final one (protocol.eval_tag names them), so the two are never combined."""
-    best = checkpoint == "best"
+    """The evaluation folders of one checkpoint of a run (a CHECKPOINT_PREFIXES key), so that evaluations of
+    different checkpoints, or of different statistics, are never combined."""
     return tuple(sorted(p.name for p in (run_dir / "eval").glob("*")
-                        if p.is_dir() and p.name.startswith("best-") == best))
+                        if p.is_dir() and checkpoint_kind(p.name) == checkpoint))
 
 
 def group(runs: list[Combined]) -> dict[str, list[Combined]]:

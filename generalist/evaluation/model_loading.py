@@ -24,6 +24,7 @@ class ModelSource:
     run_dir: str | None
     config: RunConfig | None
     model_kwargs: dict
+    bn_stats: str = "as saved"  # or how they were re-estimated (generalist eval --bn-stats)
 
 
 def build_eval_model(architecture: str, dataset: str) -> tuple[nn.Module, dict]:

@@ -49,7 +49,7 @@ def eval_record(summary: dict, spec: EvalSpec, source: ModelSource, attacks: dic
         "seeds": [spec.seed],
         "model": {"learner": source.name, "checkpoint": source.checkpoint, "run_dir": source.run_dir,
                   "recipe": config.recipe if config else None, "train_seed": config.seed if config else None,
-                  "weights_sha256": tensor_digest(source.model.state_dict())},
+                  "weights_sha256": tensor_digest(source.model.state_dict()), "bn_stats": source.bn_stats},
         "eval": {**spec.to_dict(), "device": device, "threads": threads, "shards": shards,
                  "seconds": round(seconds, 2), "block_size": spec.batch_size},
         "metadata": metadata,

@@ -313,3 +313,19 @@ def test_a_diverging_run_stops_with_the_last_good_checkpoint_kept(tmp_path):
         tensors = payload["state"] if name == "global" else {**payload["model"], **payload["ema"]}
         bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
         assert not bad, f"checkpoints/last/{name} holds non-finite tensors: {bad[:3]}"
+
+
+def test_a_run_on_the_step_clock_with_reestimated_statistics_resumes_bit_identical(tmp_path):
+    """Rounds cut at clock epochs inside data epochs, the rescaled EMA, learners that keep their own BatchNorm
+    statistics at redistribution, and a re-estimated final/global.pt: a stop and resume changes no bit."""
+    step_clock = ["schedule.clock_epochs=10", "mixing.global_bn=reestimate", "mixing.bn_batches=2"]
+    reference = tmp_path / "reference"
+    train(small_config(*step_clock), reference, quiet=True)
+    run = tmp_path / "run"
+    stop_after(small_config(*step_clock), run, 7)
+    train(small_config(*step_clock), run, resume=True, quiet=True)
+    assert_matches_reference(run, reference)
+    # final/global.pt holds re-estimated statistics, not the stored global EMA's.
+    stored = load_payload(reference / "checkpoints" / "last", "global")["state"]
+    shipped = load_state_dict_file(reference / "final" / "global.pt")
+    assert any(not torch.equal(stored[k], shipped[k]) for k in stored if k.endswith("running_var"))

@@ -1,0 +1,57 @@
+"""Published run folders are what their names say: one run each, its recipe, its seed, its own evaluations."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+# The scale of the recipes each published study trained (benchmarks/accuracy/protocol.py SCALES).
+SCALE_OF = {"accuracy": "small", "converged": "cpu"}
+
+
+def published_runs() -> list[Path]:
+    return sorted(p.parent for p in RESULTS.rglob("config.json") if p.parent.parent.name == "runs")
+
+
+def scale_of(run: Path) -> str:
+    return next(SCALE_OF[part] for part in reversed(run.parts) if part in SCALE_OF)
+
+
+def contents_digest(run: Path) -> str:
+    digest = hashlib.sha256()
+    for f in sorted(run.glob("*.json*")):
+        digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()
+
+
+def test_there_are_published_runs_to_check():
+    assert len(published_runs()) > 30
+
+
+def test_no_two_published_run_folders_hold_the_same_files():
+    seen: dict[str, Path] = {}
+    for run in published_runs():
+        digest = contents_digest(run)
+        assert digest not in seen, f"{run} holds the same files as {seen[digest]}: one is not what its name says"
+        seen[digest] = run
+
+
+@pytest.mark.parametrize("run", published_runs(), ids=lambda p: str(p.relative_to(RESULTS)))
+def test_a_published_run_folder_holds_the_recipe_seed_and_run_its_name_says(run):
+    name, _, seed = run.name.rpartition("-seed")
+    config = json.loads((run / "config.json").read_text())
+    assert config["seed"] == int(seed), f"{run}: config seed {config['seed']}"
+    scale = scale_of(run)
+    # NAME-seedS holds recipe NAME at the study's scale; d-VARIANT-seedS a documented generalist-d variant.
+    expected = f"generalist-d-{scale}" if name.startswith("d-") else f"{name}-{scale}"
+    assert config["recipe"] == expected, f"{run}: config recipe {config['recipe']}, expected {expected}"
+    # Every evaluation names the run folder it scored; a run trained under another folder name says so.
+    trained_as = run / "TRAINED_AS.txt"
+    for evaluation in run.glob("eval-*.json"):
+        recorded = Path(json.loads(evaluation.read_text())["model"]["run_dir"]).name
+        assert recorded == run.name or (trained_as.is_file() and recorded in trained_as.read_text()), (
+            f"{evaluation} scored the run folder {recorded!r}; a TRAINED_AS.txt beside it must say why")
