@@ -50,7 +50,8 @@ from generalist.config import apply_overrides  # noqa: E402
 from generalist.data import TensorData, TrainStream  # noqa: E402
 from generalist.distributed.collective_sync import CollectiveSync  # noqa: E402
 from generalist.distributed.coordinator import Coordinator  # noqa: E402
-from generalist.distributed.ray_backend import mixing_group  # noqa: E402
+from generalist.distributed.mixing_group import new_mixing_group  # noqa: E402
+from generalist.distributed.ray_backend import ThrottledArrivals  # noqa: E402
 from generalist.learner import Learner  # noqa: E402
 from generalist.mixing import GlobalLearner, is_communication_epoch, mixing_weights  # noqa: E402
 from generalist.models import build_model  # noqa: E402
@@ -121,10 +122,10 @@ def collective_worker(spec: dict) -> None:
     stepper = Stepper(config, rank, device, spec["step_ms"])
     init = build_model(config.model.name, **MODEL_KWARGS).state_dict()
     global_learner = GlobalLearner(config, init, device)
-    joined = ray.get(coordinator.join.remote(rank, os.getpid(), [], 0))
-    sync = CollectiveSync(config, rank, global_learner, group=mixing_group(config, device), timeout_s=600,
-                          plan=joined["plan"],
-                          on_arrive=lambda step: coordinator.arrive.remote(rank, step),
+    joined = ray.get(coordinator.join.remote(rank, os.getpid(), [], 0, ray.get_runtime_context().get_node_id(),
+                                             str(device)))
+    sync = CollectiveSync(config, rank, global_learner, group=new_mixing_group(joined["mixing_backend"], device, 600),
+                          timeout_s=600, plan=joined["plan"], arrivals=ThrottledArrivals(coordinator, rank),
                           missing=lambda step: ray.get(coordinator.missing.remote(step)))
     rows = []
     for kind, epoch in epochs_of(config).items():

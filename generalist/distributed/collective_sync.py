@@ -12,8 +12,14 @@ on a background thread (on a side CUDA stream on a GPU) while the learner trains
 round is in flight: the next sync, a checkpoint or an evaluation first waits for it. The buffer handed in is
 left untouched by the learner until then (Learner keeps a spare EMA buffer), so no snapshot copy is made.
 
-A wait that outlives `timeout_s` ends in a clear error naming the learners that never reached the sync (as
-told by `missing(step)`, the coordinator's record of arrivals), never in a silent wait on a dead collective.
+A wait ends in a clear error naming the learners that never reached the sync (as told by `missing(step)`, the
+coordinator's record of arrivals), never in a silent wait on a dead collective, once no learner has made
+progress for `timeout_s`: the deadline counts from when the round was queued, and moves on whenever the
+arrivals change (`progress()`, a heartbeat), so a slow learner is not mistaken for a hung one. Then the group
+is aborted (mixing_group.abort_group), whose own timeout is set past ours so that ours fires first.
+
+Devices are explicit: the background thread sets the learner's device before its first CUDA call, and every
+event and stream wait names that device, so no process makes a context on another GPU.
 
 Only torch.distributed here, no Ray: the class is tested with plain processes. A learner that is itself
 several data-parallel workers would take part through one member per learner (`group`) and broadcast the
@@ -25,16 +31,36 @@ from __future__ import annotations
 import concurrent.futures
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
 
 from generalist.config import RunConfig
+from generalist.distributed.mixing_group import abort_group
 from generalist.errors import BackendError
 from generalist.mixing import GlobalLearner, mixing_plan
 from generalist.packed_state import StateDict
+
+
+class Arrivals(Protocol):
+    """Where a learner tells the coordinator which sync it reached: cheaply at every sync (it may batch),
+    and for sure before it blocks."""
+
+    def arrive(self, step: int) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class _NoArrivals:
+    def arrive(self, step: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
 
 
 class CollectiveSync:
@@ -42,8 +68,9 @@ class CollectiveSync:
 
     def __init__(self, config: RunConfig, learner_index: int, global_learner: GlobalLearner, *,
                  group: dist.ProcessGroup | None = None, timeout_s: float = 600.0,
-                 on_arrive: Callable[[int], None] | None = None,
-                 missing: Callable[[int], list[int]] | None = None, start_step: int = 0,
+                 arrivals: Arrivals | None = None,
+                 missing: Callable[[int], list[int]] | None = None,
+                 progress: Callable[[], object] | None = None, poll_s: float = 2.0, start_step: int = 0,
                  plan: dict[int, tuple[list[float], bool]] | None = None):
         self.config = config
         self.index = learner_index
@@ -54,8 +81,10 @@ class CollectiveSync:
         if self.world != len(config.learners):
             raise BackendError(f"the process group has {self.world} members for {len(config.learners)} learners")
         self.timeout_s = timeout_s
-        self.on_arrive = on_arrive or (lambda step: None)
+        self.arrivals = arrivals or _NoArrivals()
         self.missing = missing or (lambda step: [])
+        self.progress = progress or (lambda: None)
+        self.poll_s = poll_s
         self.step = start_step  # optimiser steps folded in once the round in flight is done
         # epoch -> (weights, communicate): the coordinator's plan in the Ray backend, else the config's own.
         self.plan = plan if plan is not None else mixing_plan(config)
@@ -69,6 +98,7 @@ class CollectiveSync:
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.in_flight: Future | None = None
         self.in_flight_step = 0
+        self.in_flight_since = 0.0  # time.monotonic() when the round in flight was queued
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
         # A daemon thread: a collective that never returns (a hung peer) must not keep the process alive.
         self.worker = threading.Thread(target=self._serve, name="generalist-mixing", daemon=True)
@@ -80,12 +110,12 @@ class CollectiveSync:
         (ema,) = emas.values()
         self.wait()  # the round before: at most one in flight, and the buffer it read is free again
         target = self.step + n_steps
-        self.on_arrive(target)
+        self.arrivals.arrive(target)
         ready = None
         if self.stream is not None:  # the side stream starts once this round's EMA updates are done
             ready = torch.cuda.Event()
-            ready.record()
-        self.in_flight, self.in_flight_step = Future(), target
+            ready.record(torch.cuda.current_stream(self.device))
+        self.in_flight, self.in_flight_step, self.in_flight_since = Future(), target, time.monotonic()
         self.jobs.put(((ema, epoch, n_steps, ready), self.in_flight))
         self.step = target
         if not self.plan[epoch][1]:
@@ -104,21 +134,44 @@ class CollectiveSync:
     # --- the round ---------------------------------------------------------------------------------
 
     def wait(self) -> None:
-        """Block until the round in flight is folded in; a clear error if a peer never arrives."""
+        """Block until the round in flight is folded in; a clear error once no learner has made progress for
+        timeout_s since the round was queued."""
         future, self.in_flight = self.in_flight, None
         if future is None:
             return
-        try:
-            future.result(timeout=self.timeout_s)
-        except concurrent.futures.TimeoutError:
-            raise self._hung(self.in_flight_step) from None
-        except RuntimeError as error:  # the collective broke: a peer's process or link is gone
-            raise BackendError(f"learner {self.index}: the sync that ends at step {self.in_flight_step} failed "
-                               f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from error
+        deadline = self.in_flight_since + self.timeout_s
+        told, seen = False, None
+        while True:
+            try:  # a round that is already done returns at once, however late this learner comes to it
+                future.result(timeout=max(0.0, min(deadline - time.monotonic(), self.poll_s)))
+                break
+            except concurrent.futures.TimeoutError:
+                if time.monotonic() >= deadline:
+                    error = self._hung(self.in_flight_step)
+                    abort_group(self.group)  # nothing stays blocked behind a collective that never ends
+                    raise error from None
+                if not told:  # before blocking longer: the coordinator must know where this learner is
+                    self.arrivals.flush()
+                    told = True
+                now = self._progress()
+                if seen is not None and now is not None and now != seen:
+                    deadline = time.monotonic() + self.timeout_s  # someone moved: slow, not hung
+                seen = now if now is not None else seen
+            except RuntimeError as error:  # the collective broke: a peer's process or link is gone
+                raise BackendError(f"learner {self.index}: the sync that ends at step {self.in_flight_step} failed "
+                                   f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from error
         if self.stream is not None:
-            torch.cuda.current_stream().wait_stream(self.stream)
+            torch.cuda.current_stream(self.device).wait_stream(self.stream)
+
+    def _progress(self):
+        try:
+            return self.progress()
+        except Exception:  # noqa: BLE001 - a heartbeat that cannot be read is no news, not an error
+            return None
 
     def _serve(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # before any CUDA call of this thread: no context on GPU 0
         while True:
             job, future = self.jobs.get()
             try:
@@ -164,8 +217,9 @@ class CollectiveSync:
         who = f"learner(s) {missing} never arrived (hung or too slow)" if missing else \
             "the collective did not complete (a peer is hung or its link is down)"
         return BackendError(
-            f"learner {self.index} waited {self.timeout_s:.0f} s for the sync that ends at step {step}; {who}. "
-            "Raise runtime.sync_timeout_s if they are just slow.")
+            f"learner {self.index}: no learner made progress for {self.timeout_s:.0f} s (runtime.sync_timeout_s) "
+            f"while it waited for the sync that ends at step {step}; {who}. Raise runtime.sync_timeout_s if a "
+            "learner can go that long without finishing a step.")
 
     def close(self) -> None:
         """Finish the round in flight (the worker thread is a daemon and ends with the process)."""

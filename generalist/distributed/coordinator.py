@@ -24,6 +24,8 @@ import time
 import ray
 
 from generalist.config import RunConfig
+from generalist.distributed.mixing_group import LearnerDevice, choose_backend
+from generalist.errors import ConfigError
 from generalist.mixing import mixing_plan
 
 
@@ -37,11 +39,13 @@ class Coordinator:
         self.plan = mixing_plan(config)
         self.global_step = 0  # the step every learner has reached a sync for
         self.arrived: dict[int, int] = {}
+        self.steps_done: dict[int, int] = {}  # heartbeats: optimiser steps each learner reported having done
         self.joined: dict[int, int] = {}
         self.join_done: asyncio.Future | None = None
         self.rows: list[tuple[str, dict]] = []  # ("rounds" | "epochs" | "restart", row), drained by the driver
         self.learner_pids: dict[int, int] = {}
         self.learner_gpus: dict[int, list[str]] = {}  # the GPU ids Ray gave each learner actor
+        self.learner_devices: dict[int, LearnerDevice] = {}  # where each learner trains, as it reported at join
         self.restarts = 0
         self.joins = 0  # learner groups (re)started under this incarnation
         self.incarnation = time.time_ns()  # a restarted coordinator is a new incarnation
@@ -49,8 +53,10 @@ class Coordinator:
 
     # --- learner group start / restart -------------------------------------------------------------
 
-    async def join(self, rank: int, pid: int, gpu_ids: list, start_step: int) -> dict:
-        """Barrier at (re)start of the learner group; returns the mixing plan every learner follows.
+    async def join(self, rank: int, pid: int, gpu_ids: list, start_step: int, node: str = "",
+                   device: str = "cpu") -> dict:
+        """Barrier at (re)start of the learner group; returns the mixing plan every learner follows and the
+        mixing group's backend, decided once from every learner's device (mixing_group.choose_backend).
 
         Every (re)start resets the arrivals, so a learner that died mid-round leaves nothing behind."""
         if self.join_done is None or self.join_done.done():
@@ -58,9 +64,16 @@ class Coordinator:
             self.joined = {}
         self.learner_pids[rank] = pid
         self.learner_gpus[rank] = [str(g) for g in gpu_ids]
+        self.learner_devices[rank] = LearnerDevice(rank, node, device)
         self.joined[rank] = start_step
         if len(self.joined) == self.num_learners:
             steps = set(self.joined.values())
+            try:
+                backend = choose_backend([self.learner_devices[k] for k in sorted(self.joined)])
+            except ConfigError as error:  # a restart would meet the same devices: the run's error
+                self.fail(rank, type(error).__name__, str(error))
+                self.join_done.set_exception(error)
+                return await self.join_done
             if len(steps) > 1:  # the learners' checkpoints disagree: the run cannot be mixed consistently
                 self.join_done.set_exception(RuntimeError(f"learners resumed at different steps: {self.joined}"))
             else:
@@ -71,7 +84,8 @@ class Coordinator:
                 self.joins += 1
                 self.arrived = {k: step for k in range(self.num_learners)}
                 self.rows.append(("restart", {"global_step": step}))
-                self.join_done.set_result({"start_step": step, "plan": self.plan, "incarnation": self.incarnation})
+                self.join_done.set_result({"start_step": step, "plan": self.plan, "incarnation": self.incarnation,
+                                           "mixing_backend": backend})
         return await self.join_done
 
     # --- arrivals: who reached which sync ----------------------------------------------------------
@@ -81,6 +95,15 @@ class Coordinator:
         self.arrived[rank] = max(step, self.arrived.get(rank, 0))
         if len(self.arrived) == self.num_learners:
             self.global_step = min(self.arrived.values())
+
+    def beat(self, rank: int, steps_done: int) -> None:
+        """Learner `rank`'s heartbeat: the optimiser steps it has done (sent every few seconds, fire and forget)."""
+        self.steps_done[rank] = steps_done
+
+    def progress(self) -> tuple:
+        """Where every learner is, by its arrivals and its heartbeats: a waiting learner counts any change as
+        progress (generalist.distributed.collective_sync), so a slow learner is not taken for a hung one."""
+        return tuple(sorted(self.arrived.items())), tuple(sorted(self.steps_done.items()))
 
     def missing(self, step: int) -> list[int]:
         """The learners that have not reached the sync ending at `step` (the suspects when a sync hangs)."""

@@ -15,21 +15,23 @@ import os
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import ray
 import torch
-import torch.distributed as dist
 from ray import train as ray_train
 from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig
 
 from generalist import checkpoint as ckpt
 from generalist.config import RunConfig as GeneralistConfig
+from generalist.data import resolve_data_root
 from generalist.distributed.abortable_trainer import AbortableTorchTrainer
 from generalist.distributed.collective_sync import CollectiveSync
 from generalist.distributed.coordinator import Coordinator
 from generalist.distributed.local import build_learners, finish
+from generalist.distributed.mixing_group import new_mixing_group
 from generalist.distributed.placement import resolve_gpus, with_gpus
 from generalist.distributed.ray_start import start_local_ray
 from generalist.errors import (BackendError, CheckpointError, ConfigError, DataError, GeneralistError,
@@ -39,7 +41,7 @@ from generalist.records import (GLOBAL, EpochResult, RoundStats, accuracy_fields
                                 round_rows)
 from generalist.repro import set_determinism
 from generalist.run_folder import BestTracker, FolderSink, Resume, RunFolder, load_resume_payloads
-from generalist.storage import Location, locate
+from generalist.storage import Location, is_uri, locate
 from generalist.training import prepare_run_data, train_learners
 
 # Keep a local Ray on the loopback interface (see INSTALL notes in the README).
@@ -107,6 +109,52 @@ class WorkerSink:
                              checkpoint_dir_name=f"step-{global_step:010d}")
 
 
+class ThrottledArrivals:
+    """A learner's arrivals at syncs, told to the coordinator at most every FLUSH_EVERY_S seconds (a Ray task
+    per sync would sit on the critical path at sync_every = 1), and at once before the learner blocks in a
+    wait (collective_sync.Arrivals). A hung learner is named correctly all the same: it never told a step
+    it did not reach."""
+
+    FLUSH_EVERY_S = 0.5
+
+    def __init__(self, coordinator, rank: int):
+        self.coordinator = coordinator
+        self.rank = rank
+        self.step: int | None = None
+        self.sent_at = 0.0
+
+    def arrive(self, step: int) -> None:
+        self.step = step
+        if time.monotonic() - self.sent_at >= self.FLUSH_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.step is not None:
+            self.coordinator.arrive.remote(self.rank, self.step)  # fire and forget
+            self.step = None
+        self.sent_at = time.monotonic()
+
+
+class Heartbeat:
+    """Tells the coordinator every EVERY_S seconds how many optimiser steps this learner has done, from a
+    daemon thread. A learner that trains on between syncs keeps beating, so its peers waiting in a sync know
+    it is slow, not hung; a stopped process (or a dead node) stops beating."""
+
+    EVERY_S = 2.0
+
+    def __init__(self, coordinator, rank: int, learner):
+        self.stopped = threading.Event()
+
+        def beat() -> None:
+            while not self.stopped.wait(self.EVERY_S):
+                coordinator.beat.remote(rank, learner.steps_done)  # fire and forget
+
+        threading.Thread(target=beat, name="generalist-heartbeat", daemon=True).start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
 def learner_worker(spec: dict) -> None:
     """Ray Train's `train_loop_per_worker`: world rank k runs base learner k to the end of training.
 
@@ -135,14 +183,19 @@ def learner_worker(spec: dict) -> None:
             learner.load_state_dict(payloads[f"learner-{learner.name}"])
             global_learner.load_state_dict(payloads[GLOBAL])
             start_step, best_score = learner.steps_done, state.get("best_score")
-    joined = ray.get(coordinator.join.remote(rank, os.getpid(), ray.get_gpu_ids(), start_step),
+    node = ray.get_runtime_context().get_node_id()
+    joined = ray.get(coordinator.join.remote(rank, os.getpid(), ray.get_gpu_ids(), start_step, node, str(device)),
                      timeout=config.runtime.sync_timeout_s)
     sync = CollectiveSync(
-        config, rank, global_learner, group=mixing_group(config, device), timeout_s=config.runtime.sync_timeout_s,
+        config, rank, global_learner,
+        group=new_mixing_group(joined["mixing_backend"], device, config.runtime.sync_timeout_s),
+        timeout_s=config.runtime.sync_timeout_s,
         start_step=joined["start_step"],
         plan=joined["plan"],
-        on_arrive=lambda step: coordinator.arrive.remote(rank, step),  # fire and forget
-        missing=lambda step: ray.get(coordinator.missing.remote(step), timeout=30))
+        arrivals=ThrottledArrivals(coordinator, rank),
+        missing=lambda step: ray.get(coordinator.missing.remote(step), timeout=30),
+        progress=lambda: ray.get(coordinator.progress.remote(), timeout=30))
+    heartbeat = Heartbeat(coordinator, rank, learner)
     sink = WorkerSink(config, rank, coordinator, spec["run_location"], best_score, joined["incarnation"])
     try:
         train_learners(config, data, [learner], sync, sink, start_step=start_step, owns_global=rank == 0,
@@ -150,6 +203,8 @@ def learner_worker(spec: dict) -> None:
     except DETERMINISTIC_ERRORS as error:
         coordinator.fail.remote(rank, type(error).__name__, str(error))  # the driver ends the run on it
         raise
+    finally:
+        heartbeat.stop()
     sync.close()
     sink.flush()
 
@@ -164,16 +219,6 @@ def _learner_device(config: GeneralistConfig, rank: int) -> torch.device:
         raise ConfigError(f"runtime.device=cuda but learner {rank} sees no CUDA GPU (a driver missing on its node?); "
                           "use runtime.device=auto to train on CPUs")
     return torch.device("cpu")
-
-
-def mixing_group(config: GeneralistConfig, device: torch.device) -> dist.ProcessGroup | None:
-    """The process group the learners mix through: an NCCL group when every learner has a CUDA device of its
-    own; else the worker group's own gloo group (None): CPUs, or learners sharing a GPU, since NCCL refuses
-    two ranks on one device. Decided in the workers, which see their devices (a CPU test cluster may
-    advertise logical GPUs that have no CUDA behind them)."""
-    if device.type == "cuda" and config.runtime.gpus_per_learner >= 1:
-        return dist.new_group(backend="nccl")
-    return None
 
 
 def _place(config: GeneralistConfig, folder: RunFolder, quiet: bool) -> GeneralistConfig:
@@ -250,8 +295,20 @@ def train_ray(config: GeneralistConfig, run_dir: str | Path | Location, *, resum
             ray.shutdown()
 
 
+def with_driver_paths(config: GeneralistConfig) -> GeneralistConfig:
+    """The config the workers get: the data folder the user named (data.root, else $GENERALIST_DATA) made
+    absolute on the driver. Paths the user gives are the user's: a worker's working directory is Ray's session
+    folder, where `../shared/data` would name another place. (The run folder and a --resume-from checkpoint are
+    made absolute by storage.locate.) URIs are left as they are."""
+    root = str(resolve_data_root(config.data.root))
+    if not is_uri(root):
+        root = os.path.abspath(root)
+    return replace(config, data=replace(config.data, root=root))
+
+
 def _fit(config: GeneralistConfig, folder: RunFolder, state: dict | None, quiet: bool) -> dict:
     run_data = prepare_run_data(config)  # fail here, in the driver, on a missing or corrupt dataset
+    config = with_driver_paths(config)
     namespace = ray.get_runtime_context().namespace
     session = len(_sessions(folder.path)) + 1
     name = f"generalist-coordinator-{os.getpid()}-{session}-{time.time_ns()}"
@@ -269,8 +326,8 @@ def _fit(config: GeneralistConfig, folder: RunFolder, state: dict | None, quiet:
     trainer = AbortableTorchTrainer(
         learner_worker,
         train_loop_config=spec,
-        # gloo here; learners with a GPU each add an NCCL group for the mixing (mixing_group). The groups'
-        # timeout is left far behind ours (runtime.sync_timeout_s), so a hung peer is reported by name.
+        # gloo here, for Ray Train's own use; the mixing has a group of its own (mixing_group.new_mixing_group,
+        # NCCL or gloo as decided at join) with a timeout past ours, so a hung peer is reported by name.
         torch_config=TorchConfig(backend="gloo", timeout_s=int(runtime.sync_timeout_s) + 300),
         scaling_config=ScalingConfig(num_workers=len(config.learners), use_gpu=use_gpu,
                                      resources_per_worker=resources, placement_strategy=runtime.placement),

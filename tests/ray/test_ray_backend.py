@@ -205,3 +205,28 @@ def test_a_group_that_fails_too_often_names_the_learner_and_its_exception(tiny, 
     # learner's broken sync after it; none of Ray's generic out-of-memory advice, on one line.
     assert re.search(r"failed after 0 restart\(s\).*: learner 'natural' \(rank 1\): \w+Error: ", message), message
     assert "memory" not in message.lower() and "\n" not in message, message
+
+
+@pytest.mark.parametrize("how", ["data.root", "GENERALIST_DATA"])
+def test_relative_data_and_run_paths_are_the_users_not_the_workers(tiny, tmp_path, data_root, monkeypatch, how):
+    """A relative data folder (given in the config or in $GENERALIST_DATA) and a relative run folder mean the
+    driver's working directory; the workers run in Ray's session folder and get them resolved."""
+    monkeypatch.chdir(tmp_path)
+    relative = os.path.relpath(data_root, tmp_path)
+    assert not os.path.isabs(relative)
+    config = tiny("generalist-d-small", "schedule.epochs=1", "runtime.backend=ray")
+    if how == "data.root":
+        config = config.__class__.from_dict({**config.to_dict(), "data": {**config.to_dict()["data"], "root": relative}})
+    else:
+        config = config.__class__.from_dict({**config.to_dict(), "data": {**config.to_dict()["data"], "root": None}})
+        monkeypatch.setenv("GENERALIST_DATA", relative)
+    train(config, "run", quiet=True)
+    assert (tmp_path / "run" / "final" / "global.pt").is_file()
+    # What the user wrote is what config.json keeps.
+    assert read_config_root(tmp_path / "run") == (relative if how == "data.root" else None)
+
+
+def read_config_root(run) -> str | None:
+    import json
+
+    return json.loads((run / "config.json").read_text())["data"]["root"]

@@ -19,6 +19,7 @@ import torch.multiprocessing as mp
 
 from generalist.config import apply_overrides
 from generalist.distributed.collective_sync import CollectiveSync
+from generalist.distributed.mixing_group import new_mixing_group
 from generalist.errors import BackendError
 from generalist.mixing import GlobalLearner, is_communication_epoch, mixing_weights
 from generalist.models import build_model
@@ -55,47 +56,68 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _replica(rank: int, world: int, port: int, recipe: str, out: str, hang_rank: int) -> None:
+def _replica(rank: int, world: int, port: int, recipe: str, out: str, mode: str, beats) -> None:
+    """One learner process. mode: "normal"; "hang" (rank 1 stops before round 3); "main-collective" (the main
+    thread runs a collective on the default group while each background round is in flight, under
+    TORCH_DISTRIBUTED_DEBUG=DETAIL); "slow" (rank 1 trains round 3 for 2.5x the sync timeout, beating)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if mode == "main-collective":
+        os.environ["TORCH_DISTRIBUTED_DEBUG"] = "DETAIL"
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     config = _config(recipe)
     init = _initial_state()
     global_learner = GlobalLearner(config, init)
-    sync = CollectiveSync(config, rank, global_learner, timeout_s=5 if hang_rank >= 0 else 120,
-                          missing=lambda step: [hang_rank])
-    results = []
+    timeout_s = {"hang": 3.0, "slow": 2.0}.get(mode, 120.0)
+    sync = CollectiveSync(config, rank, global_learner, group=new_mixing_group("gloo", torch.device("cpu"), timeout_s),
+                          timeout_s=timeout_s, poll_s=0.25, missing=lambda step: [1],
+                          progress=lambda: beats.value)
+    results, started = [], time.monotonic()
     try:
         for i, (epoch, n) in enumerate(ROUNDS):
-            if rank == hang_rank and i == 3:
+            if rank == 1 and i == 3 and mode == "hang":
                 sync.wait()
                 torch.save({"hung": True}, out.format(rank=rank))
                 time.sleep(15)  # alive but never reaches the sync: the others must fail with a clear error
                 return
+            if rank == 1 and i == 3 and mode == "slow":
+                for _ in range(10):  # 5 s of training between two syncs, with a heartbeat every 0.5 s
+                    time.sleep(0.5)
+                    beats.value += 1
             ema = _ema_of(rank, i, global_learner.layout, init)
+            started = time.monotonic()
             loaded = sync.exchange(epoch, n, {rank: ema})
+            if mode == "main-collective":  # e.g. a barrier or DDP's broadcast, while the round is in flight
+                total = torch.ones(3)
+                dist.all_reduce(total)
+                assert total.tolist() == [world] * 3
             results.append(None if loaded is None else global_learner.buffer.clone())
         payload = sync.global_payload()
         torch.save({"buffer": global_learner.buffer.clone(), "loaded": results,
                     "ema_steps": payload["ema_steps"]}, out.format(rank=rank))
     except BackendError as error:
-        torch.save({"error": str(error)}, out.format(rank=rank))
+        torch.save({"error": str(error), "seconds": time.monotonic() - started}, out.format(rank=rank))
     finally:
-        if hang_rank < 0:
+        if mode != "hang":
             dist.destroy_process_group()
         else:
             os._exit(0)  # a peer is gone: skip the collective teardown
 
 
-def _run(world: int, recipe: str, tmp_path: Path, hang_rank: int = -1) -> list[dict]:
+def _run(world: int, recipe: str, tmp_path: Path, mode: str = "normal") -> list[dict]:
     out = str(tmp_path / "replica-{rank}.pt")
-    mp.spawn(_replica, args=(world, _free_port(), recipe, out, hang_rank), nprocs=world, join=True)
+    beats = mp.get_context("spawn").Value("i", 0)
+    mp.spawn(_replica, args=(world, _free_port(), recipe, out, mode, beats), nprocs=world, join=True)
     return [torch.load(out.format(rank=r), weights_only=True) for r in range(world)]
 
 
-@pytest.mark.parametrize("world,recipe", [(2, "generalist-d"), (3, "generalist-t")])
-def test_every_replica_holds_the_in_process_global_learner_bit_for_bit(tmp_path, world, recipe):
-    replicas = _run(world, recipe, tmp_path)
+@pytest.mark.parametrize("world,recipe,mode", [(2, "generalist-d", "normal"), (3, "generalist-t", "normal"),
+                                               (2, "generalist-d", "main-collective"), (2, "generalist-d", "slow")],
+                         ids=["d", "t", "main-thread-collective-during-a-round", "slow-learner-with-heartbeat"])
+def test_every_replica_holds_the_in_process_global_learner_bit_for_bit(tmp_path, world, recipe, mode):
+    """Also when the main thread uses the default group meanwhile (the mixing has a group of its own), and
+    when a learner is slower than the sync timeout between two syncs but beats (slow is not hung)."""
+    replicas = _run(world, recipe, tmp_path, mode)
     config = _config(recipe)
     init = _initial_state()
     expected = GlobalLearner(config, init)
@@ -113,7 +135,10 @@ def test_every_replica_holds_the_in_process_global_learner_bit_for_bit(tmp_path,
             assert got is None or torch.equal(got, want)
 
 
-def test_a_peer_that_never_arrives_ends_in_an_error_naming_it(tmp_path):
-    replicas = _run(2, "generalist-d", tmp_path, hang_rank=1)
+def test_a_peer_that_never_arrives_ends_in_an_error_naming_it_within_the_sync_timeout(tmp_path):
+    replicas = _run(2, "generalist-d", tmp_path, "hang")
     assert replicas[1] == {"hung": True}
     assert "learner(s) [1] never arrived" in replicas[0]["error"]
+    # The deadline counts from when the round was queued (3 s), not from when someone waits for it; the
+    # group's own timeout (mixing_group.group_timeout, 63 s) is far behind.
+    assert 3.0 <= replicas[0]["seconds"] < 3.0 + 5.0, replicas[0]["seconds"]

@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "generalist.performance": 2,  # autocast, memory format, compile of a learner's step
     "generalist.adversarial_points": 2,  # a learner's training points: PGD of its attack in eval mode
     "generalist.packed_state": 2,  # a state dict in one buffer: what mixing and the collectives move
+    "generalist.bn_stats": 2,  # BatchNorm statistics re-estimated from data (the global learner's)
     "generalist.storage": 2,  # local paths and pyarrow filesystems (data may read remote stores too)
     "generalist.checkpoint": 2,  # the tensors + JSON file format, checksummed and atomic (evaluation reads it)
     "generalist.remote_run": 2,  # local mirrors of remote run folders, for eval and report
