@@ -61,6 +61,10 @@ class Learner:
         # update of a round writes into the spare, so the buffer a round ended with stays untouched through
         # the next round while a collective reads it (no snapshot copy per sync).
         live = self.model.state_dict()
+        # Views of the live parameters and buffers, in state_dict order; load_state_dict copies into them in
+        # place, so they stay valid (no state_dict() per round).
+        self._live_floats = [t for t in live.values() if t.is_floating_point()]
+        self._live_integers = [t for t in live.values() if not t.is_floating_point()]
         self.ema_layout = StateLayout(live)
         self._ema_buffers = [self.ema_layout.pack(live), self.ema_layout.pack(live)]
         self._ema_views = [self.ema_layout.views(b) for b in self._ema_buffers]
@@ -94,9 +98,7 @@ class Learner:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         images = 0
-        live = self.model.state_dict()
-        live_floats = [t for t in live.values() if t.is_floating_point()]
-        live_integers = [t for t in live.values() if not t.is_floating_point()]
+        live_floats, live_integers = self._live_floats, self._live_integers
         first_update_of_round = True
         for step in range(first_step, first_step + n):
             x, y = self.stream.batch(epoch - 1, step, self.device)
@@ -115,8 +117,10 @@ class Learner:
             correct += (logits.detach().argmax(1) == y).sum()
             images += len(y)
         # The loss of a step is computed before its update, so a finite loss can leave non-finite weights or
-        # BN statistics behind; check the state too, in the same host sync, before it can be checkpointed.
-        finite = torch.stack([t.isfinite().all() for t in live_floats]).all()
+        # BN statistics behind; check the state too, in the same host sync, before it can be checkpointed. The
+        # packed EMA holds (1 - d) * every live float of the last step, 1 - d > 0: it is finite exactly when
+        # they all were (or had been), so one kernel over one buffer checks them all.
+        finite = self.ema_layout.floats(self._ema_buffers[self._ema_current]).isfinite().all()
         loss_total, finite = torch.stack([loss_sum, finite.to(loss_sum.dtype)]).tolist()
         mean_loss = loss_total / n
         if not (math.isfinite(mean_loss) and finite):

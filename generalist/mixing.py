@@ -204,16 +204,47 @@ class GlobalLearner:
         self.buffer = self.layout.pack(initial_state, device)
         self.state = self.layout.views(self.buffer)
         self.ema_steps = 0  # updates folded in so far (the warm-up counter s)
+        self._scratch: tuple[torch.Tensor, torch.Tensor] | None = None  # the fold's two chunks, made once
+
+    # Elements per chunk of the fold on a CPU: 64k floats (256 KiB) keep the chunk's partial sums in cache.
+    CPU_CHUNK = 1 << 16
 
     @torch.no_grad()
     def fold(self, emas: Sequence[torch.Tensor | None], weights: Sequence[float], n_steps: int) -> None:
-        """Fold n_steps of EMA of sum_k weights[k] * emas[k] in; emas[k] may be None where weights[k] == 0."""
+        """Fold n_steps of EMA of sum_k weights[k] * emas[k] in; emas[k] may be None where weights[k] == 0.
+
+        Chunk by chunk, into two preallocated scratch chunks: each learner's EMA is read once and the global
+        state read and written once (K + 2 passes over memory, no allocation), with the very operations of
+        `weighted_sum` and `ema_update_` in the same order, element by element, so the bits are theirs
+        (tests/unit/test_mixing.py)."""
         check_weights(weights, len(emas))
-        mixed = weighted_sum([None if b is None else self.layout.floats(b) for b in emas], weights)
+        terms = [(w, self.layout.floats(b)) for w, b in zip(weights, emas) if w != 0]
+        if not terms:
+            raise ValueError(f"mixing weights are all zero: {list(weights)}")
         decay = ema_decay_product(self.ema_steps, n_steps, self.max_decay)
         shadow = self.layout.floats(self.buffer)
-        shadow.mul_(decay)
-        shadow.add_(mixed * (1 - decay))
+        total = shadow.numel()
+        chunk = total if shadow.device.type == "cuda" else min(total, self.CPU_CHUNK)
+        if self._scratch is None or self._scratch[0].numel() < chunk:
+            self._scratch = (torch.empty(chunk, dtype=shadow.dtype, device=shadow.device),
+                             torch.empty(chunk, dtype=shadow.dtype, device=shadow.device))
+        mixed_buf, term_buf = self._scratch
+        single = len(terms) == 1 and terms[0][0] == 1.0  # weighted_sum returns the tensor itself: 1 * x is x
+        for start in range(0, total, chunk):
+            end = min(start + chunk, total)
+            mixed, term = mixed_buf[: end - start], term_buf[: end - start]
+            (w0, t0), *rest = terms
+            if single:
+                mixed = t0[start:end]
+            else:
+                torch.mul(t0[start:end], w0, out=mixed)
+                for w, t in rest:
+                    torch.mul(t[start:end], w, out=term)
+                    mixed.add_(term)
+            out = shadow[start:end]
+            out.mul_(decay)
+            torch.mul(mixed, 1 - decay, out=term)
+            out.add_(term)
         self.layout.integer_bytes(self.buffer).copy_(self.layout.integer_bytes(emas[heaviest(weights)]))
         self.ema_steps += n_steps
 

@@ -94,6 +94,10 @@ class Sync(Protocol):
     def global_payload(self) -> dict:
         """The global learner's checkpoint payload (state + EMA counter), every round handed in folded in."""
 
+    def settle(self) -> None:
+        """Called by every process at the same points, before a checkpoint or an evaluation: afterwards the
+        global state of the process that owns it is current (a replica may lag between such points)."""
+
 
 class Sink(Protocol):
     """Where a process's rounds, evaluations and checkpoints go (run folder, Ray Train report, ...)."""
@@ -199,10 +203,12 @@ def train_learners(config: RunConfig, data: RunData, learners: list[Learner], sy
             sink.on_round(epoch, global_step, stats, weights, to_load is not None, time.perf_counter() - t0)
             last_of_epoch = round_in_epoch == len(plan) - 1
             if every and (round_in_epoch + 1) % every == 0 and not last_of_epoch:
+                sync.settle()
                 sink.checkpoint(global_step, _payloads(learners, sync, owns_global), False, None)
             if max_rounds is not None and rounds_run >= max_rounds:
                 raise RunStopped(f"stopped after {rounds_run} rounds at step {global_step}")
         result = EpochResult(epoch, global_step)
+        sync.settle()  # the evaluation and the checkpoint below read the global state
         if epoch % config.eval.every_epochs == 0 or epoch == epochs:
             result.accuracy = evaluate_models(config, data, learners,
                                               global_state_for_eval() if owns_global else None, epoch, device)

@@ -99,6 +99,7 @@ class CollectiveSync:
         self.in_flight: Future | None = None
         self.in_flight_step = 0
         self.in_flight_since = 0.0  # time.monotonic() when the round in flight was queued
+        self.lagging: int | None = None  # the learner whose replica alone is current (see _fold)
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
         # A daemon thread: a collective that never returns (a hung peer) must not keep the process alive.
         self.worker = threading.Thread(target=self._serve, name="generalist-mixing", daemon=True)
@@ -111,25 +112,36 @@ class CollectiveSync:
         self.wait()  # the round before: at most one in flight, and the buffer it read is free again
         target = self.step + n_steps
         self.arrivals.arrive(target)
-        ready = None
-        if self.stream is not None:  # the side stream starts once this round's EMA updates are done
-            ready = torch.cuda.Event()
-            ready.record(torch.cuda.current_stream(self.device))
         self.in_flight, self.in_flight_step, self.in_flight_since = Future(), target, time.monotonic()
-        self.jobs.put(((ema, epoch, n_steps, ready), self.in_flight))
+        self.jobs.put(((ema, epoch, n_steps, self._ready_event()), self.in_flight))
         self.step = target
         if not self.plan[epoch][1]:
             return None  # nobody needs the global state before the next sync: train on meanwhile
         self.wait()  # the learners load it now
         return self.global_learner.state
 
+    def _ready_event(self):
+        """On a GPU: an event the side stream waits for, so a job starts once the learner's work so far (this
+        round's EMA updates) is done."""
+        if self.stream is None:
+            return None
+        ready = torch.cuda.Event()
+        ready.record(torch.cuda.current_stream(self.device))
+        return ready
+
     def global_payload(self) -> dict:
-        self.wait()
+        self._check_settled()
         return self.global_learner.state_dict()
 
     def global_state(self) -> StateDict:
-        self.wait()
+        self._check_settled()
         return self.global_learner.state
+
+    def _check_settled(self) -> None:
+        self.wait()
+        if self.lagging is not None and self.lagging != self.index:
+            raise BackendError(f"learner {self.index}: its replica of the global learner lags behind learner "
+                               f"{self.lagging}'s; every learner calls settle() before the global state is read")
 
     # --- the round ---------------------------------------------------------------------------------
 
@@ -183,34 +195,70 @@ class CollectiveSync:
 
     def _run(self, job) -> None:
         ema, epoch, n_steps, ready = job
+        work = self._catch_up if epoch is None else (lambda: self._fold(ema, epoch, n_steps))
         if self.stream is None:
-            self._fold(ema, epoch, n_steps)
+            work()
             return
         with torch.cuda.stream(self.stream):
             self.stream.wait_event(ready)
-            self._fold(ema, epoch, n_steps)
+            work()
         self.stream.synchronize()  # the thread's result means "on the device too", for the hang check
 
     def _fold(self, ema: torch.Tensor, epoch: int, n_steps: int) -> None:
-        """One collective of the packed EMAs, then the same fold on every replica."""
-        weights = self.plan[epoch][0]
+        """The round's collective, then the same fold on every replica that needs it.
+
+        While one learner alone carries weight (the anchor before mix_start) its replica folds alone and moves
+        nothing: the others only count the steps and fall behind (`lagging`). The anchor's global state is
+        broadcast when someone needs it: the learners at a communication epoch, the first round where several
+        learners carry weight, or a checkpoint or evaluation (`settle`). Every rank knows these moments from
+        the plan, so all of them take part in that broadcast or none does."""
+        weights, communicate = self.plan[epoch]
         carrying = [k for k, w in enumerate(weights) if w != 0]
+        if len(carrying) == 1:
+            (source,) = carrying
+            if self.lagging not in (None, source):
+                self._catch_up()  # another learner alone carried weight before: everyone starts from its state
+            if source == self.index:
+                self.global_learner.fold([ema if k == source else None for k in range(self.world)], weights,
+                                         n_steps)
+            else:
+                self.global_learner.ema_steps += n_steps  # the same counter as the source's replica
+            self.lagging = source
+            if communicate:
+                self._catch_up()
+            return
+        self._catch_up()
         if self.staged:
             self.send.copy_(ema)
             ema = self.send
-        if len(carrying) == 1:
-            # Only one learner carries weight (the anchor before mix_start): the others' states are not moved.
-            (source,) = carrying
-            slot = ema if source == self.index else self.gathered[source]
-            dist.broadcast(slot, src=dist.get_global_rank(self.group, source) if self.group else source,
-                           group=self.group)
-            emas = [slot if k == source else None for k in range(self.world)]
-        else:
-            dist.all_gather_into_tensor(self.gathered.view(-1), ema, group=self.group)
-            emas = [self.gathered[k] if w != 0 else None for k, w in enumerate(weights)]
+        dist.all_gather_into_tensor(self.gathered.view(-1), ema, group=self.group)
+        emas = [self.gathered[k] if w != 0 else None for k, w in enumerate(weights)]
         if self.staged:
             emas = [None if e is None else e.to(self.device, non_blocking=True) for e in emas]
         self.global_learner.fold(emas, weights, n_steps)
+
+    def _catch_up(self) -> None:
+        """If the replicas lag behind the one learner that carried weight, broadcast its global state."""
+        if self.lagging is None:
+            return
+        buffer = self.global_learner.buffer
+        wire = self.send if self.staged else buffer
+        if self.staged:
+            wire.copy_(buffer)
+        dist.broadcast(wire, src=dist.get_global_rank(self.group, self.lagging) if self.group else self.lagging,
+                       group=self.group)
+        if self.staged:
+            buffer.copy_(wire, non_blocking=True)
+        self.lagging = None
+
+    def settle(self) -> None:
+        """Bring every replica up to date (a collective when they lag): called by every learner at the same
+        points, before a checkpoint or an evaluation reads the global state."""
+        self.wait()
+        future = Future()
+        self.jobs.put(((None, None, None, self._ready_event()), future))
+        self.in_flight, self.in_flight_step, self.in_flight_since = future, self.step, time.monotonic()
+        self.wait()
 
     def _hung(self, step: int) -> BackendError:
         missing = self.missing(step)

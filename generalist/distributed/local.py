@@ -30,6 +30,9 @@ class LocalSync:
     def global_payload(self) -> dict:
         return self.global_learner.state_dict()
 
+    def settle(self) -> None:
+        pass  # one global learner, always current
+
 
 def build_learners(config: RunConfig, data: RunData, indices: list[int], device) -> list[Learner]:
     return [Learner(config, k, data.initial_state, data.stream, data.model_kwargs, device) for k in indices]

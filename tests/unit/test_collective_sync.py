@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from generalist.config import apply_overrides
+from generalist.distributed import collective_sync
 from generalist.distributed.collective_sync import CollectiveSync
 from generalist.distributed.mixing_group import new_mixing_group
 from generalist.errors import BackendError
@@ -69,6 +70,17 @@ def _replica(rank: int, world: int, port: int, recipe: str, out: str, mode: str,
     init = _initial_state()
     global_learner = GlobalLearner(config, init)
     timeout_s = {"hang": 3.0, "slow": 2.0}.get(mode, 120.0)
+    calls = {"broadcast": 0, "all_gather": 0}  # the collectives the mixing issues
+    broadcast, all_gather = dist.broadcast, dist.all_gather_into_tensor
+
+    def counted(name, collective):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return collective(*args, **kwargs)
+        return call
+
+    collective_sync.dist.broadcast = counted("broadcast", broadcast)
+    collective_sync.dist.all_gather_into_tensor = counted("all_gather", all_gather)
     sync = CollectiveSync(config, rank, global_learner, group=new_mixing_group("gloo", torch.device("cpu"), timeout_s),
                           timeout_s=timeout_s, poll_s=0.25, missing=lambda step: [1],
                           progress=lambda: beats.value)
@@ -92,9 +104,10 @@ def _replica(rank: int, world: int, port: int, recipe: str, out: str, mode: str,
                 dist.all_reduce(total)
                 assert total.tolist() == [world] * 3
             results.append(None if loaded is None else global_learner.buffer.clone())
+        sync.settle()  # every replica current, as train_learners does before a checkpoint
         payload = sync.global_payload()
         torch.save({"buffer": global_learner.buffer.clone(), "loaded": results,
-                    "ema_steps": payload["ema_steps"]}, out.format(rank=rank))
+                    "ema_steps": payload["ema_steps"], **calls}, out.format(rank=rank))
     except BackendError as error:
         torch.save({"error": str(error), "seconds": time.monotonic() - started}, out.format(rank=rank))
     finally:
@@ -127,7 +140,11 @@ def test_every_replica_holds_the_in_process_global_learner_bit_for_bit(tmp_path,
         loaded.append(expected.buffer.clone() if is_communication_epoch(epoch, config) else None)
     assert any(len([w for w in mixing_weights(e, config) if w]) == 1 for e, _ in ROUNDS)  # a broadcast round
     assert any(len([w for w in mixing_weights(e, config) if w]) == world for e, _ in ROUNDS)  # an all-gather round
+    # Only what carries weight moves: nothing while the anchor alone does (epochs 1-6 here), one broadcast of
+    # its global state when a second learner first carries weight, then one all-gather per round.
+    mixed_rounds = sum(len([w for w in mixing_weights(e, config) if w]) > 1 for e, _ in ROUNDS)
     for rank, replica in enumerate(replicas):
+        assert (replica["broadcast"], replica["all_gather"]) == (1, mixed_rounds), replica
         assert torch.equal(replica["buffer"], expected.buffer), f"replica {rank} differs"
         assert replica["ema_steps"] == sum(n for _, n in ROUNDS)
         for got, want in zip(replica["loaded"], loaded):
