@@ -53,8 +53,8 @@ def time_recipe(recipe: str, device_name: str, steps: int, warmup: int, threads:
     config = apply_overrides(get_recipe(recipe), ["runtime.backend=local", f"runtime.device={device_name}",
                                                   f"runtime.threads_per_learner={threads}",
                                                   f"runtime.precision={precision}", *overrides])
-    set_determinism(config.runtime.deterministic, config.runtime.threads)
     device = resolve_device(config.runtime.device)
+    set_determinism(config.runtime.use_deterministic(device.type), config.runtime.threads)
     data = prepare_run_data(config)
     spe = data.stream.steps_per_epoch
     learners = [Learner(config, k, data.initial_state, data.stream, data.model_kwargs, device)

@@ -1,12 +1,13 @@
 """One command that checks a GPU machine: the GPU tests, epoch times fp32 vs bf16, the sync benchmark and the
 Ray-vs-in-process side-by-side, each part under a hard time limit, into one results file named after the device.
 
-Claim: whatever fails or hangs, the check ends within the sum of its parts' budgets (8 minutes with the defaults
+Claim: whatever fails or hangs, the check ends within the sum of its parts' budgets (8.5 minutes with the defaults
 on one GPU) and records every part: its command, its status (ok, failed with exit code, timed out, skipped with
 the reason), its seconds and its output table. Parts run as subprocesses (a hung CUDA call or Ray cluster cannot
 stall the check; a timed-out part's whole process group is killed), in this order:
   a. tests    `pytest -m gpu tests/gpu` (skipped tests are listed, e.g. multi-GPU ones on one GPU)
   b. epoch    `benchmarks/epoch_time.py` for pgd-at, generalist-d, generalist-t at paper scale, fp32 and bf16
+  e. determinism  the same for pgd-at in fp32 with `runtime.deterministic=true` (the price of bit-exact runs)
   c. sync     `benchmarks/sync_overhead.py` on the device (ResNet-18, 2 and 3 learners)
   d. side     `benchmarks/side_by_side.py`: Ray backend vs in-process, generalist-d and generalist-t
 The results file `OUT/<device-slug>.md` is rewritten after every part and each part's full log is written to
@@ -88,7 +89,7 @@ def versions() -> dict[str, str]:
 
 
 def plan(device: str, smoke: bool, python: str, dataset: str | None = None) -> list[Part]:
-    """The four parts and their budgets (seconds). Full: 150 + 60 + 140 + 130 = 480 s = 8 minutes."""
+    """The parts and their budgets (seconds). Full: 150 + 60 + 30 + 140 + 130 = 510 s = 8.5 minutes."""
     bench = Path("benchmarks")  # the parts run in the repository root
     if smoke:  # tiny sizes: every code path runs, in seconds, on a CPU
         epoch_recipes = ["pgd-at-small", "generalist-d-small", "generalist-t-small"]
@@ -111,6 +112,11 @@ def plan(device: str, smoke: bool, python: str, dataset: str | None = None) -> l
         Part("b", "epoch time, fp32 and bf16", [python, str(bench / "epoch_time.py"), "--device", device, "--recipes",
                                                 *epoch_recipes, "--precisions", "fp32", "bf16", *epoch_extra],
              budgets[1]),
+        # The price of bit-exact GPU runs: part b runs the default (the fast path), this one the same step with
+        # deterministic kernels (runtime.deterministic=true, docs/performance.md).
+        Part("e", "epoch time with deterministic kernels (the price of bit-exact runs)",
+             [python, str(bench / "epoch_time.py"), "--device", device, "--recipes", epoch_recipes[0],
+              "--precisions", "fp32", *epoch_extra, "runtime.deterministic=true"], budgets[1] // 2),
         Part("c", "sync overhead on the device", [python, str(bench / "sync_overhead.py"), "--device", device,
                                                   *sync_args], budgets[2], needs_ray=True),
         Part("d", "Ray backend vs in-process, time per iteration", [python, str(bench / "side_by_side.py"),
@@ -172,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds a part), for a CPU or CI")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "gpu"),
                         help="folder of the results file (default: benchmarks/results/gpu)")
-    parser.add_argument("--parts", nargs="+", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d"])
+    parser.add_argument("--parts", nargs="+", default=["a", "b", "e", "c", "d"], choices=["a", "b", "c", "d", "e"])
     parser.add_argument("--speed-dataset", help="dataset of the speed parts b and d, e.g. synthetic-cifar10 on a "
                         "machine without CIFAR-10 (the tests take $GENERALIST_TEST_DATASET)")
     args = parser.parse_args(argv)

@@ -113,7 +113,7 @@ def main() -> None:
         "data.batch_size=128", "data.train_subset=7680", "learners.linf.attack.steps=10",
         "learners.linf.attack.step_size=2/255",
         "runtime.backend=local", f"runtime.threads_per_learner={args.threads}"])
-    set_determinism(config.runtime.deterministic, args.threads)
+    set_determinism(config.runtime.use_deterministic("cpu"), args.threads)
     data = prepare_run_data(config)
     spec = config.learners[0]
     sides = {

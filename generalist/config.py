@@ -232,11 +232,17 @@ class RuntimeConfig:
     compile: bool = False  # torch.compile the model (first steps pay the compilation)
     placement: str = "PACK"  # PACK | SPREAD
     threads_per_learner: int = 0  # torch intra-op threads per learner; 0 = from cpus_per_learner (at least 1)
-    deterministic: bool = True  # torch deterministic algorithms (bit-exact resume and backend parity)
+    # Deterministic kernels: bit-exact resume and backend parity. None: on for CPUs (it costs nothing there),
+    # off on GPUs, where it turns cuDNN's autotuner off and forces slow deterministic kernels (its price in
+    # time: docs/performance.md); true asks for bit-exact GPU runs.
+    deterministic: bool | None = None
     checkpoint_every_rounds: int = 0  # 0 = at every epoch end only
     max_failures: int = 2  # learner-group restarts from the last checkpoint
     sync_timeout_s: float = 600.0  # a learner that does not reach a sync in this time is reported hung
     wait_for_resources_s: float = 0.0  # an autoscaling cluster may add GPU nodes: wait this long before failing
+
+    def use_deterministic(self, device_type: str) -> bool:
+        return self.deterministic if self.deterministic is not None else device_type != "cuda"
 
     def use_channels_last(self, device_type: str) -> bool:
         """Channels-last pays on CUDA (tensor-core convolutions want NHWC); on CPU it only changes rounding."""
@@ -320,7 +326,9 @@ class RunConfig:
         d.pop("eval")
         d["data"].pop("root")
         d["data"].pop("download")
-        d["runtime"] = {"deterministic": self.runtime.deterministic}
+        # Determinism changes no math, only whether the bits repeat: a run resumes under either setting. It is
+        # kept as the bool it was before `None` (automatic) existed, so earlier checkpoints keep resuming.
+        d["runtime"] = {"deterministic": self.runtime.deterministic is not False}
         # bf16 changes every number of a run, so it is part of the fingerprint. fp32 is recorded as absence:
         # checkpoints written before the field existed (all fp32) keep resuming.
         if self.runtime.precision != "fp32":

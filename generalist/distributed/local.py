@@ -43,8 +43,8 @@ def train_local(config: RunConfig, run_dir: str | Path, *, resume: bool | Resume
                 quiet: bool = False) -> dict:
     folder = RunFolder(run_dir)
     state = folder.start(config, resume)
-    set_determinism(config.runtime.deterministic, config.runtime.threads)
     device = resolve_device(config.runtime.device)
+    set_determinism(config.runtime.use_deterministic(device.type), config.runtime.threads)
     data = prepare_run_data(config)
     learners = build_learners(config, data, list(range(len(config.learners))), device)
     global_learner = GlobalLearner(config, data.initial_state, device, steps_per_epoch=data.stream.steps_per_epoch)

@@ -162,8 +162,8 @@ def learner_worker(spec: dict) -> None:
     (CollectiveSync); the coordinator hands out the mixing plan and hears where each learner is."""
     config = GeneralistConfig.from_dict(spec["config"])
     rank = ray_train.get_context().get_world_rank()
-    set_determinism(config.runtime.deterministic, config.runtime.threads)
     device = _learner_device(config, rank)
+    set_determinism(config.runtime.use_deterministic(device.type), config.runtime.threads)
     coordinator = ray.get_actor(spec["coordinator"], namespace=spec["namespace"])
     data = prepare_run_data(config)
     (learner,) = build_learners(config, data, [rank], device)

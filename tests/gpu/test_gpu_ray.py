@@ -63,7 +63,8 @@ def assert_same_global(a, b) -> None:
 
 
 def gpu_config(recipe: str, *overrides: str):
-    return tiny_config(recipe, "schedule.epochs=2", "runtime.device=cuda", *overrides)
+    # Every test here compares bits between runs: it asks for deterministic kernels (off by default on GPUs).
+    return tiny_config(recipe, "schedule.epochs=2", "runtime.device=cuda", "runtime.deterministic=true", *overrides)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs (one per learner)")
