@@ -17,11 +17,16 @@ plain stall <= 1% of a step.
   the collective and the fold run while the learner trains its next step.
 
 Between syncs each learner does one "step": a real training step of the recipe's learner (`--step real`:
-Learner.run_steps on random data of the real shapes) or a busy compute of fixed length (`--step-ms`, for a
-CPU machine where a real ResNet-18 PGD step takes tens of seconds; busy, not a sleep, so the background
-work competes for the cores as it would). `round` is the time one sync takes when its result is waited
-for at once (a blocking round, measured separately): the cost the background work hides. Medians and the
-90th percentile over `--rounds` rounds after 2 warm-up rounds, slowest learner per round; one run.
+Learner.run_steps on random data of the real shapes) or a fixed amount of busy compute (`--step busy`, the
+default on a CPU machine where a real ResNet-18 PGD step takes tens of seconds: as many matmul iterations as
+take `--step-ms` on one idle thread, counted once before the learners start). Fixed work, not a fixed time: CPU
+that the background fold takes from a learner shows up as a longer step. `round` is the time one sync takes
+when its result is waited for at once (a blocking round, measured separately): the cost the background work
+hides. `throughput vs no sync` is the slowest learner's time for the same number of steps without any sync
+(all learners stepping at once, the same load) over its time for steps with their plain syncs: what mixing
+costs the whole group, the stall and the stolen CPU together (collective path only). On a GPU a learner waits
+for its own stream only (the stall includes what the sync put in its way, not the side stream's work). Medians
+and the 90th percentile over `--rounds` rounds after 2 warm-up rounds, slowest learner per round; one run.
 
     python benchmarks/sync_overhead.py [--models small-cnn resnet18 wrn-34-10] [--learners 2 3] [--rounds 20]
                                        [--device cpu|cuda] [--step real | --step-ms 1000] [--paths ...]
@@ -78,11 +83,24 @@ def epochs_of(config: GeneralistConfig) -> dict[str, int]:
     return {"plain": plain, "redistributing": redistributing}
 
 
-class Stepper:
-    """One learner's "step" between syncs: a real training step, or busy compute of a fixed length."""
+def busy_iterations(step_ms: float) -> int:
+    """How many iterations of Stepper's busy compute take `step_ms` on one idle thread (measured once, before
+    any learner starts): the busy step is then a fixed amount of work, so CPU that the background fold takes
+    from a learner shows up as a longer step instead of being hidden by a fixed wall time."""
+    torch.set_num_threads(1)
+    scratch = torch.randn(256, 256)
+    start, n = time.perf_counter(), 0
+    while time.perf_counter() - start < 0.5:
+        scratch = torch.tanh(scratch @ scratch * 1e-3)
+        n += 1
+    return max(1, round(n * step_ms / 1000 / (time.perf_counter() - start)))
 
-    def __init__(self, config: GeneralistConfig, rank: int, device: torch.device, step_ms: float | None):
-        self.step_ms = step_ms
+
+class Stepper:
+    """One learner's "step" between syncs: a real training step, or a fixed amount of busy compute."""
+
+    def __init__(self, config: GeneralistConfig, rank: int, device: torch.device, step_work: int | None):
+        self.step_work = step_work
         self.device = device
         generator = torch.Generator().manual_seed(rank)
         data = TensorData(torch.randint(0, 256, (4 * config.data.batch_size, 3, 32, 32), dtype=torch.uint8,
@@ -96,11 +114,13 @@ class Stepper:
 
     def step(self, epoch: int) -> float:
         start = time.perf_counter()
-        if self.step_ms is None:
+        if self.step_work is None:
             self.learner.run_steps(epoch, self.calls % self.learner.stream.steps_per_epoch, 1)  # ends in a host sync
         else:
-            while time.perf_counter() - start < self.step_ms / 1000:
+            for _ in range(self.step_work):
                 self.scratch = torch.tanh(self.scratch @ self.scratch * 1e-3)
+            if self.device.type == "cuda":
+                torch.cuda.current_stream(self.device).synchronize()
         self.calls += 1
         return time.perf_counter() - start
 
@@ -119,7 +139,7 @@ def collective_worker(spec: dict) -> None:
     torch.set_num_threads(1)
     device = ray_train.torch.get_device() if spec["device"] == "cuda" else torch.device("cpu")
     coordinator = ray.get_actor(spec["coordinator"])
-    stepper = Stepper(config, rank, device, spec["step_ms"])
+    stepper = Stepper(config, rank, device, spec["step_work"])
     init = build_model(config.model.name, **MODEL_KWARGS).state_dict()
     global_learner = GlobalLearner(config, init, device)
     joined = ray.get(coordinator.join.remote(rank, os.getpid(), [], 0, ray.get_runtime_context().get_node_id(),
@@ -129,14 +149,20 @@ def collective_worker(spec: dict) -> None:
                           missing=lambda step: ray.get(coordinator.missing.remote(step)))
     rows = []
     for kind, epoch in epochs_of(config).items():
+        # The same steps without syncs, every learner at once (the same load): what the group would train at
+        # with no mixing at all. Throughput = these steps' time / the time of steps with their syncs.
+        for r in range(WARMUP + spec["rounds"]):
+            step_s = stepper.step(epoch)
+            if r >= WARMUP:
+                rows.append({"rank": rank, "kind": kind + " alone", "round": r, "step_s": step_s})
         for r in range(WARMUP + spec["rounds"]):
             step_s = stepper.step(epoch)
             start = time.perf_counter()
             loaded = sync.exchange(epoch, 1, {rank: stepper.learner.ema_buffer})
             if loaded is not None:
                 stepper.learner.load_global_(loaded)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)  # the stall includes any device work the sync put in the way
+            if device.type == "cuda":  # this learner's own stream: its next step waits for nothing else
+                torch.cuda.current_stream(device).synchronize()
             stall = time.perf_counter() - start
             if r >= WARMUP:
                 rows.append({"rank": rank, "kind": kind, "round": r, "stall_s": stall, "step_s": step_s})
@@ -145,14 +171,14 @@ def collective_worker(spec: dict) -> None:
             sync.exchange(epoch, 1, {rank: stepper.learner.ema_buffer})
             sync.wait()
             if device.type == "cuda":
-                torch.cuda.synchronize(device)
+                torch.cuda.current_stream(device).synchronize()
             if r >= WARMUP:
                 rows.append({"rank": rank, "kind": kind + " round", "round": r, "stall_s": time.perf_counter() - start})
     sync.close()
     ray.get(coordinator.report_rows.remote("bench", rows))
 
 
-def measure_collective(config: GeneralistConfig, device: str, rounds: int, step_ms: float | None) -> list[dict]:
+def measure_collective(config: GeneralistConfig, device: str, rounds: int, step_work: int | None) -> list[dict]:
     k = len(config.learners)
     name = f"bench-coordinator-{time.time_ns()}"
     coordinator = Coordinator.options(name=name).remote(config)
@@ -161,7 +187,7 @@ def measure_collective(config: GeneralistConfig, device: str, rounds: int, step_
     with tempfile.TemporaryDirectory() as storage:
         TorchTrainer(collective_worker,
                      train_loop_config={"config": config.to_dict(), "coordinator": name, "device": device,
-                                        "rounds": rounds, "step_ms": step_ms},
+                                        "rounds": rounds, "step_work": step_work},
                      torch_config=TorchConfig(backend="gloo"),
                      scaling_config=ScalingConfig(num_workers=k, use_gpu=device == "cuda",
                                                   resources_per_worker=resources),
@@ -202,10 +228,10 @@ class ObjectStoreCoordinator:
 
 @ray.remote(num_cpus=1)
 class ObjectStoreLearner:
-    def __init__(self, config: GeneralistConfig, rank: int, device: str, step_ms: float | None):
+    def __init__(self, config: GeneralistConfig, rank: int, device: str, step_work: int | None):
         torch.set_num_threads(1)
         self.rank = rank
-        self.stepper = Stepper(config, rank, torch.device(device), step_ms)
+        self.stepper = Stepper(config, rank, torch.device(device), step_work)
         self.layout = self.stepper.learner.ema_layout
 
     def round(self, coordinator, epoch: int) -> dict:
@@ -219,16 +245,16 @@ class ObjectStoreLearner:
                 buffer = torch.from_numpy(ray.get(wrapped[0])).to(self.stepper.device)
             self.stepper.learner.load_global_(self.layout.views(buffer))
         if self.stepper.device.type == "cuda":
-            torch.cuda.synchronize()
+            torch.cuda.current_stream(self.stepper.device).synchronize()
         return {"stall_s": time.perf_counter() - start, "step_s": step_s}
 
 
-def measure_object_store(config: GeneralistConfig, device: str, rounds: int, step_ms: float | None) -> list[dict]:
+def measure_object_store(config: GeneralistConfig, device: str, rounds: int, step_work: int | None) -> list[dict]:
     init = build_model(config.model.name, **MODEL_KWARGS).state_dict()
     k = len(config.learners)
     coordinator = ObjectStoreCoordinator.remote(config, init)
     gpus = config.runtime.gpus_per_learner if device == "cuda" else 0
-    learners = [ObjectStoreLearner.options(num_gpus=gpus).remote(config, r, device, step_ms) for r in range(k)]
+    learners = [ObjectStoreLearner.options(num_gpus=gpus).remote(config, r, device, step_work) for r in range(k)]
     rows = []
     for kind, epoch in epochs_of(config).items():
         for r in range(WARMUP + rounds):
@@ -248,7 +274,7 @@ def table_row(path: str, model: str, k: int, rows: list[dict], size_mib: float) 
                 per_round[row["round"]] = max(per_round.get(row["round"], 0.0), row["stall_s"])
         return list(per_round.values())
 
-    steps = [row["step_s"] for row in rows if "step_s" in row]
+    steps = [row["step_s"] for row in rows if "step_s" in row and row["kind"] in ("plain", "redistributing")]
     step_ms = 1000 * statistics.median(steps)
     cells = []
     for kind in ("plain", "redistributing"):
@@ -257,8 +283,20 @@ def table_row(path: str, model: str, k: int, rows: list[dict], size_mib: float) 
     plain_median = summary(slowest("plain"))[0]
     rounds = [f"{summary(slowest(kind + ' round'))[0]:.1f}" if slowest(kind + " round") else "= stall"
               for kind in ("plain", "redistributing")]
+
+    def slowest_total(kind: str, with_stall: bool) -> float:
+        """The slowest learner's summed time over the kind's rounds: steps, plus stalls when it synced."""
+        totals: dict[int, float] = {}
+        for row in rows:
+            if row["kind"] == kind:
+                totals[row["rank"]] = totals.get(row["rank"], 0.0) + row["step_s"] + (row["stall_s"] if with_stall
+                                                                                         else 0.0)
+        return max(totals.values()) if totals else float("nan")
+
+    alone = slowest_total("plain alone", False)
+    throughput = f"{alone / slowest_total('plain', True):.3f}" if alone == alone else "-"
     return (f"| {path} | {model} | {k} | {size_mib:.1f} | {step_ms:.0f} | {cells[0]} | {cells[1]} | "
-            f"{100 * plain_median / step_ms:.2f} | {rounds[0]} / {rounds[1]} |")
+            f"{100 * plain_median / step_ms:.2f} | {rounds[0]} / {rounds[1]} | {throughput} |")
 
 
 def main() -> None:
@@ -270,23 +308,25 @@ def main() -> None:
     parser.add_argument("--step", choices=["real", "busy"], default=None,
                         help="real: the recipe's training step; busy: --step-ms of compute (default: real on "
                              "cuda, busy on cpu)")
-    parser.add_argument("--step-ms", type=float, default=1000.0)
+    parser.add_argument("--step-ms", type=float, default=1000.0,
+                        help="a busy step's length on one idle thread: its work is fixed from this at start")
     parser.add_argument("--batch-size", type=int, default=128, help="batch of a real step")
     parser.add_argument("--paths", nargs="+", default=["object store", "collective"],
                         choices=["object store", "collective"])
     args = parser.parse_args()
     step_kind = args.step or ("real" if args.device == "cuda" else "busy")
-    step_ms = None if step_kind == "real" else args.step_ms
+    step_work = None if step_kind == "real" else busy_iterations(args.step_ms)
     gpus = torch.cuda.device_count() if args.device == "cuda" else 0
     ray.init(num_cpus=max(4, 2 * max(args.learners)), num_gpus=gpus, include_dashboard=False, log_to_driver=False,
              _node_ip_address="127.0.0.1", logging_level="error")
     hardware = (f"{torch.cuda.get_device_name(0)} x{gpus}" if args.device == "cuda" else "no GPU used")
     print(f"# sync_overhead: {platform.machine()} {os.cpu_count()} CPUs, {hardware}; ray {ray.__version__}, "
-          f"torch {torch.__version__}; step: {'real training step, batch ' + str(args.batch_size) if step_ms is None else f'{step_ms:.0f} ms busy compute'}; "
+          f"torch {torch.__version__}; step: {'real training step, batch ' + str(args.batch_size) if step_work is None else f'{step_work} iterations of busy compute (fixed work, {args.step_ms:.0f} ms on an idle thread)'}; "
           f"{args.rounds} rounds after {WARMUP} warm-up, slowest learner per round; one run", flush=True)
     print("| path | model | K | state (MiB) | step (ms) | plain stall, median (p90) ms | "
-          "redistributing stall, median (p90) ms | plain stall / step (%) | blocking round ms, plain / redistr. |")
-    print("|---|---|---|---|---|---|---|---|---|", flush=True)
+          "redistributing stall, median (p90) ms | plain stall / step (%) | blocking round ms, plain / redistr. | "
+          "throughput vs no sync |")
+    print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for model_name in args.models:
         for k in args.learners:
             config = bench_config(model_name, k, args.device, args.batch_size)
@@ -294,7 +334,7 @@ def main() -> None:
                        for t in build_model(model_name, **MODEL_KWARGS).state_dict().values()) / 2**20
             for path in args.paths:
                 measure = measure_object_store if path == "object store" else measure_collective
-                rows = measure(config, args.device, args.rounds, step_ms)
+                rows = measure(config, args.device, args.rounds, step_work)
                 nccl = args.device == "cuda" and config.runtime.gpus_per_learner >= 1
                 label = path if path == "object store" else f"collective ({'nccl' if nccl else 'gloo'})"
                 print(table_row(label, model_name, k, rows, size), flush=True)
