@@ -130,8 +130,11 @@ class Coordinator:
     def status(self) -> dict:
         """Where the run is, without taking the rows the driver drains (for operators and tests)."""
         return {"global_step": self.global_step, "restarts": self.restarts, "joins": self.joins,
-                "incarnation": self.incarnation, "pid": os.getpid(), "fatal": self.fatal}
+                "incarnation": self.incarnation, "pid": os.getpid(), "fatal": self.fatal,
+                "node": ray.get_runtime_context().get_node_id()}
 
     def learners(self) -> dict[int, dict]:
-        """Process id and GPU ids of each learner actor (for operators, and for fault-injection tests)."""
-        return {k: {"pid": pid, "gpus": self.learner_gpus.get(k, [])} for k, pid in self.learner_pids.items()}
+        """Process id, GPU ids and node of each learner actor (for operators, and for fault-injection tests)."""
+        return {k: {"pid": pid, "gpus": self.learner_gpus.get(k, []),
+                    "node": self.learner_devices[k].node if k in self.learner_devices else ""}
+                for k, pid in self.learner_pids.items()}

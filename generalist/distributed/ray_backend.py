@@ -23,6 +23,7 @@ import torch
 from ray import train as ray_train
 from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from generalist import checkpoint as ckpt
 from generalist.config import RunConfig as GeneralistConfig
@@ -314,8 +315,11 @@ def _fit(config: GeneralistConfig, folder: RunFolder, state: dict | None, quiet:
     name = f"generalist-coordinator-{os.getpid()}-{session}-{time.time_ns()}"
     # Restartable: a dead coordinator comes back under the same name, calls to it wait for it, and the learners
     # fail over to their last checkpoint when they see its new incarnation (counted against max_failures).
-    coordinator = Coordinator.options(name=name, namespace=namespace, max_restarts=-1,
-                                      max_task_retries=-1).remote(config)
+    # On the driver's node: losing another node must not take the control plane with it (its metric rows not yet
+    # drained would be lost with it; tests/ray/test_two_nodes.py).
+    coordinator = Coordinator.options(name=name, namespace=namespace, max_restarts=-1, max_task_retries=-1,
+                                      scheduling_strategy=NodeAffinitySchedulingStrategy(
+                                          ray.get_runtime_context().get_node_id(), soft=True)).remote(config)
     spec = {"config": config.to_dict(), "coordinator": name, "namespace": namespace, "run_location": folder.path,
             # An earlier session's (or the local backend's) checkpoint; restarts inside this session use
             # the checkpoints Ray Train has seen reported instead.
