@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 TINY_ARGS = ["schedule.epochs=3", "data.train_subset=640", "data.val_size=200", "data.batch_size=64", "eval.n_examples=50",
              "eval.pgd_steps=3", "learners.linf.attack.steps=3", "mixing.redistribute_every=1",
+             "schedule.clock_epochs=null", "mixing.global_bn=interpolate",  # as tiny() has them (conftest.TINY)
              "runtime.checkpoint_every_rounds=2"]
 
 
