@@ -155,12 +155,13 @@ def run_eval(args) -> int:
 def _set_bn_stats(source, choice: str, data_root: str | None) -> None:
     """Re-estimate the global learner's BatchNorm statistics in place where `choice` (or, for auto, the run's
     config) asks, exactly as training does for its evaluations and final/global.pt
-    (generalist.training.global_model), at the clock epoch of the checkpoint's step; record what was done."""
+    (generalist.training.reestimate_global_bn), at the clock epoch of the checkpoint's step; record what was
+    done."""
     from dataclasses import replace
 
     from generalist import checkpoint as ckpt
     from generalist.mixing import clock_tick
-    from generalist.training import global_model, prepare_run_data
+    from generalist.training import prepare_run_data, reestimate_global_bn
 
     config = source.config
     wanted = choice == "reestimate" or (choice == "auto" and config is not None and source.name == "global"
@@ -181,9 +182,8 @@ def _set_bn_stats(source, choice: str, data_root: str | None) -> None:
     # The clock epoch of the checkpoint's last step, where training scored (and shipped) it.
     steps = config.schedule.epochs * spe if path.parent.name == "final" else ckpt.read_state(path.parent)["global_step"]
     tick = clock_tick(config, max(steps, 1) - 1, spe)
-    model = global_model(config, data, source.model.state_dict(), "cpu", tick)
-    source.model.load_state_dict(model.state_dict())
-    source.model.eval()
+    device = next(source.model.parameters()).device
+    reestimate_global_bn(config, data, source.model, device, tick)  # in place; the model's mode is kept (eval)
     source.bn_stats = (f"re-estimated: {config.mixing.bn_batches} training batches shared by the learners' "
                        f"weights at clock epoch {tick} of {config.schedule.clock_length}")
 

@@ -7,10 +7,10 @@ import time
 
 import torch
 
+from generalist.bn_stats import batchnorm_buffer_names
 from generalist.config import RunConfig
 from generalist.data import TrainStream, derive_seed
 from generalist.errors import TrainingDiverged
-from generalist.bn_stats import batchnorm_buffer_names
 from generalist.mixing import StateDict, clock_tick, clone_state, ema_decay, ema_max_decay, lr_factor
 from generalist.models import build_model
 from generalist.objectives import objective_loss

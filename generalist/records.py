@@ -27,7 +27,7 @@ class RoundStats:
     lr: float
     seconds: float
     images: int
-    tick: int = 0  # the round's clock epoch (generalist.mixing.clock_tick); 0 in rows written before it existed
+    tick: int  # the round's clock epoch (generalist.mixing.clock_tick): the schedules it trained under
 
 
 @dataclass
@@ -43,7 +43,7 @@ def round_rows(config: RunConfig, epoch: int, global_step: int, stats: list[Roun
     names = config.learner_names
     return [{**asdict(s), "global_step": global_step, "weight": weights[names.index(s.learner)],
              "redistributed": redistributed, "sync_seconds": sync_seconds,
-             "communication_epoch": is_communication_epoch(s.tick or epoch, config)} for s in stats]
+             "communication_epoch": is_communication_epoch(s.tick, config)} for s in stats]
 
 
 def epoch_rows(result: EpochResult) -> list[dict]:

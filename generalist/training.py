@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-
 from torch import nn
 
 from generalist.bn_stats import calibration_batches, reestimate_global_bn_
@@ -139,20 +138,27 @@ def evaluate_models(config: RunConfig, data: RunData, learners: list[Learner], g
     return results
 
 
+def reestimate_global_bn(config: RunConfig, data: RunData, model: nn.Module, device: torch.device | str,
+                         tick: int) -> nn.Module:
+    """Recompute the global model's BatchNorm statistics in place from the run's first `mixing.bn_batches`
+    training batches, each shared among the learners' training inputs by their weights at clock epoch `tick`
+    (generalist.bn_stats.reestimate_global_bn_); the one rule training, final/global.pt and `generalist eval`
+    share."""
+    shares = [(w, learner.attack) for w, learner in zip(mixing_weights(tick, config), config.learners)]
+    generator = torch.Generator(device=device)
+    generator.manual_seed(derive_seed(config.seed, 5, tick))  # seed stream 5: BatchNorm calibration
+    return reestimate_global_bn_(model, calibration_batches(data.stream, config.mixing.bn_batches, device), shares,
+                                 generator)
+
+
 def global_model(config: RunConfig, data: RunData, state: StateDict, device: torch.device | str,
                  tick: int) -> nn.Module:
     """The global learner at clock epoch `tick` as a model to evaluate or ship: `state` loaded, and under
-    mixing.global_bn=reestimate its BatchNorm statistics recomputed from the run's first `mixing.bn_batches`
-    training batches, each shared among the learners' training inputs by their weights at `tick`
-    (generalist.bn_stats.reestimate_global_bn_)."""
+    mixing.global_bn=reestimate its BatchNorm statistics re-estimated (reestimate_global_bn)."""
     model = build_model(config.model.name, **data.model_kwargs).to(device)
     model.load_state_dict(state)
     if config.mixing.global_bn == "reestimate":
-        shares = [(w, learner.attack) for w, learner in zip(mixing_weights(tick, config), config.learners)]
-        generator = torch.Generator(device=device)
-        generator.manual_seed(derive_seed(config.seed, 5, tick))  # seed stream 5: BatchNorm calibration
-        reestimate_global_bn_(model, calibration_batches(data.stream, config.mixing.bn_batches, device), shares,
-                              generator)
+        reestimate_global_bn(config, data, model, device, tick)
     return model
 
 
