@@ -1,6 +1,6 @@
 """benchmarks/gpu_check.py runs end to end on a CPU in smoke mode, as it must on the first GPU machine: every part
-runs as a subprocess and lands in one results file with its table. About 70 s on 2 cores (the side-by-side starts
-a local Ray for its Ray-backend run)."""
+runs as a subprocess and lands in one results file with its table. About 3 minutes on 2 cores (parts c and d start
+local Ray worker groups); its budgets only stop a hang, so a slow machine does not fail it."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def part_status(results: str, key: str) -> str:
 def test_gpu_check_smoke_on_cpu_writes_every_part_into_one_results_file(tmp_path, data_root):
     env = {**os.environ, "GENERALIST_DATA": str(data_root), "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--smoke", "--out",
-                           str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+                           str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     (results_file,) = tmp_path.glob("cpu-*-smoke.md")
     results = results_file.read_text()
     assert "Command: `PYTHONPATH=. python benchmarks/gpu_check.py --device cpu --smoke" in results
