@@ -4,15 +4,16 @@ another on one device, as the authors' code runs them), as a ratio from one run 
 Claim: for each recipe, seconds per iteration (one optimiser step of every learner + one sync) of
 - `in-process`: all K learners in one process on one device (one GPU, or one CPU core: threads_per_learner=1);
 - `ray`: one Ray actor per learner, each on its own device when the machine has K (one GPU, or one CPU core each),
-  else sharing the GPUs (fractional GPUs, from generalist.distributed.placement; the table says which),
+  else sharing the GPUs (fractional GPUs, from generalist.distributed.placement): the learners that share a GPU
+  share one worker process by default (placement.resolve_grouping; the table says which),
 and `speed-up = in-process / ray`. Goals (issue 12): generalist-t >= 2.0, generalist-d >= 1.1 on GPUs, one per
 learner; on CPU the ratio is reported, with no goal.
 
 Method: each backend trains the recipe for `--steps` iterations (one epoch of `--steps` x batch images, validation on
 a few points), and the time of an iteration is read from the run's metrics/rounds table, so setup (Ray start, data,
 worker group) and validation are not counted: in-process, an iteration is the sum of the learners' step seconds +
-the sync; Ray, the slowest learner's step + sync seconds (its sync includes waiting for the others). The median over
-iterations after `--warmup` is reported. One run per backend: the ratio carries that run's noise.
+the sync; Ray, the slowest worker's learners' steps + its sync seconds (its sync includes waiting for the others).
+The median over iterations after `--warmup` is reported. One run per backend: the ratio carries that run's noise.
 
     PYTHONPATH=. python benchmarks/side_by_side.py --device cuda                     # paper scale, both recipes
     PYTHONPATH=. python benchmarks/side_by_side.py --device cpu --recipes generalist-d-small --steps 6 --warmup 2
@@ -21,6 +22,7 @@ iterations after `--warmup` is reported. One run per backend: the ratio carries 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -36,7 +38,7 @@ import torch  # noqa: E402
 
 from generalist.config import apply_overrides  # noqa: E402
 from generalist.distributed import train  # noqa: E402
-from generalist.distributed.placement import resolve_gpus  # noqa: E402
+from generalist.distributed.placement import resolve_gpus, resolve_grouping, with_gpus, worker_groups  # noqa: E402
 from generalist.recipes import get_recipe  # noqa: E402
 
 GOALS = {"generalist-t": 2.0, "generalist-d": 1.1}  # on GPUs, one per learner
@@ -52,13 +54,23 @@ def rounds(run: Path) -> dict[int, list[dict]]:
     return grouped
 
 
-def iteration_seconds(run: Path, parallel: bool, warmup: int) -> float:
+def worker_groups_of(run: Path, names: list[str]) -> list[list[str]]:
+    """The learners each process of a run held: the Ray backend's placement record, else one process for all."""
+    placement = json.loads((run / "metadata.json").read_text()).get("placement")
+    if placement is None:
+        return [names]
+    return [[names[k] for k in group] for group in worker_groups(len(names), placement["learners_per_worker"])]
+
+
+def iteration_seconds(run: Path, names: list[str], warmup: int) -> float:
+    """Per iteration, the slowest process: its learners one after another, then its sync (the same sync_seconds
+    on each of its rows); processes run in parallel."""
+    groups = worker_groups_of(run, names)
     per_step = []
     for step, rows in sorted(rounds(run).items())[warmup:]:
-        if parallel:
-            per_step.append(max(r["seconds"] + r["sync_seconds"] for r in rows))
-        else:  # learners one after another, then one sync (the same sync_seconds on every row)
-            per_step.append(sum(r["seconds"] for r in rows) + rows[0]["sync_seconds"])
+        by_name = {r["learner"]: r for r in rows}
+        per_step.append(max(sum(by_name[n]["seconds"] for n in group) + by_name[group[0]]["sync_seconds"]
+                            for group in groups))
     if not per_step:
         raise SystemExit(f"{run}: no iteration after the {warmup} warm-up ones; raise --steps")
     return statistics.median(per_step)
@@ -77,16 +89,19 @@ def compare(recipe: str, device: str, steps: int, warmup: int, precision: str, r
     k = len(config.learners)
     gpus = torch.cuda.device_count() if device == "cuda" else 0
     share, line = resolve_gpus(config, gpus)
+    per_worker, grouping = resolve_grouping(with_gpus(config, share))
     placement = ("one CPU core per learner" if share == 0 else
                  "one GPU per learner" if share >= 1 else f"{share:g} of a GPU per learner ({gpus} GPU(s))")
-    print(line, flush=True)
+    if per_worker > 1:
+        placement += f", {per_worker} learners per worker"
+    print(f"{line}\n{grouping}", flush=True)
     timings, walls = {}, {}
     for backend, extra in (("local", []), ("ray", [f"runtime.gpus_per_learner={share:g}"])):
         run = root / f"{recipe}-{backend}"
         started = time.perf_counter()
         train(apply_overrides(config, [f"runtime.backend={backend}", *extra]), run, quiet=True)
         walls[backend] = time.perf_counter() - started
-        timings[backend] = iteration_seconds(run, parallel=backend == "ray", warmup=warmup)
+        timings[backend] = iteration_seconds(run, config.learner_names, warmup=warmup)
     ratio = timings["local"] / timings["ray"]
     goal = GOALS.get(recipe) if device == "cuda" and share >= 1 else None
     return {"recipe": recipe, "K": k, "placement": placement, "local": timings["local"], "ray": timings["ray"],

@@ -230,6 +230,11 @@ class RuntimeConfig:
     channels_last: bool | None = None  # model and inputs in channels-last memory format; None: on CUDA only
     data_on_device: bool | None = None  # training split held on the learner's device; None: on CUDA only
     compile: bool = False  # torch.compile the model (first steps pay the compilation)
+    # Learners per Ray worker process. None = automatic (generalist.distributed.placement.resolve_grouping): the
+    # learners that share a GPU share one worker, which trains them one after another with no context switch
+    # between processes and mixes them with a device-local fold; otherwise one worker per learner. The numbers
+    # are the same either way (the same fold, in learner order).
+    learners_per_worker: int | None = None
     placement: str = "PACK"  # PACK | SPREAD
     threads_per_learner: int = 0  # torch intra-op threads per learner; 0 = from cpus_per_learner (at least 1)
     # Deterministic kernels: bit-exact resume and backend parity. None: on for CPUs (it costs nothing there),
@@ -269,6 +274,8 @@ class RuntimeConfig:
             self.gpus_per_learner), f"runtime.gpus_per_learner={self.gpus_per_learner} above 1 must be a whole "
                "number of GPUs (Ray refuses fractions above 1); use 1, 2, ... or a fraction <= 1")
         _choice("runtime.precision", self.precision, PRECISIONS)
+        _check(self.learners_per_worker is None or self.learners_per_worker >= 1,
+               f"runtime.learners_per_worker must be >= 1 (or null for automatic), got {self.learners_per_worker}")
         _check(self.threads_per_learner >= 0, "runtime.threads_per_learner must be >= 0 (0 = from cpus_per_learner)")
         _check(self.checkpoint_every_rounds >= 0, "runtime.checkpoint_every_rounds must be >= 0")
         _check(self.sync_timeout_s > 0, "runtime.sync_timeout_s must be > 0")

@@ -1,11 +1,13 @@
 """The mixing data path of the Ray backend: learners' EMAs move device to device through the process group.
 
-Every learner process holds one base learner and a replica of the global learner. At a sync each learner
-hands its packed EMA buffer (generalist.packed_state) to one collective of the worker group's process group
-(NCCL between GPUs, gloo otherwise): an all-gather while several learners carry weight, a broadcast from the
-anchor while it alone does (before mix_start). Every replica then folds the same gathered bytes into its
-global learner with the same `GlobalLearner` arithmetic as the in-process backend, in learner order, so the
-replicas and the in-process backend agree bit for bit and redistribution is a device-local copy.
+Every worker process holds its group of base learners (one, or the learners that share its GPU:
+placement.resolve_grouping) and a replica of the global learner. At a sync each worker hands its learners'
+packed EMA buffers (generalist.packed_state) to one collective of the mixing group (NCCL between GPUs, gloo
+otherwise): an all-gather while several workers' learners carry weight, a broadcast from the anchor's worker
+while it alone does (before mix_start). A group of one worker (every learner in one process) moves nothing:
+the fold is device-local. Every replica then folds the same bytes into its global learner with the same
+`GlobalLearner` arithmetic as the in-process backend, in learner order, so the replicas and the in-process
+backend agree bit for bit and redistribution is a device-local copy.
 
 Off the critical path: a sync outside a communication epoch returns at once; the collective and the fold run
 on a background thread (on a side CUDA stream on a GPU) while the learner trains its next round. At most one
@@ -64,22 +66,35 @@ class _NoArrivals:
 
 
 class CollectiveSync:
-    """One learner's side of the mixing (implements generalist.training.Sync for one learner)."""
+    """One worker's side of the mixing (implements generalist.training.Sync for the learners it holds).
 
-    def __init__(self, config: RunConfig, learner_index: int, global_learner: GlobalLearner, *,
+    `rank` is the worker's rank in `group`; `groups[rank]` are the learner indices it holds (default: one learner
+    per worker, learner k at rank k)."""
+
+    def __init__(self, config: RunConfig, rank: int, global_learner: GlobalLearner, *,
+                 groups: list[list[int]] | None = None,
                  group: dist.ProcessGroup | None = None, timeout_s: float = 600.0,
                  arrivals: Arrivals | None = None,
                  missing: Callable[[int], list[int]] | None = None,
                  progress: Callable[[], object] | None = None, poll_s: float = 2.0, start_step: int = 0,
                  plan: dict[int, tuple[list[float], bool]] | None = None):
         self.config = config
-        self.index = learner_index
+        self.rank = rank
+        self.groups = groups if groups is not None else [[k] for k in range(len(config.learners))]
+        if sorted(k for g in self.groups for k in g) != list(range(len(config.learners))):
+            raise BackendError(f"worker groups {self.groups} do not hold learners 0..{len(config.learners) - 1} "
+                               "once each")
+        self.local = self.groups[rank]
+        self.who = f"learner {self.local[0]}" if len(self.local) == 1 else f"learners {self.local}"
+        # learner index -> (rank of its worker, its slot in that worker's part of the gathered buffer)
+        self.where = {k: (r, slot) for r, g in enumerate(self.groups) for slot, k in enumerate(g)}
         self.global_learner = global_learner
         self.layout = global_learner.layout
         self.group = group
-        self.world = dist.get_world_size(group)
-        if self.world != len(config.learners):
-            raise BackendError(f"the process group has {self.world} members for {len(config.learners)} learners")
+        self.world = dist.get_world_size(group) if group is not None or dist.is_initialized() else 1
+        if self.world != len(self.groups):
+            raise BackendError(f"the process group has {self.world} members for {len(self.groups)} worker(s) "
+                               f"holding learners {self.groups}")
         self.timeout_s = timeout_s
         self.arrivals = arrivals or _NoArrivals()
         self.missing = missing or (lambda step: [])
@@ -91,10 +106,14 @@ class CollectiveSync:
         device = global_learner.buffer.device
         self.device = device
         # gloo moves CUDA tensors through the host itself; staging them explicitly keeps one code path for it.
-        self.staged = device.type == "cuda" and "nccl" not in str(dist.get_backend(group))
+        self.staged = self.world > 1 and device.type == "cuda" and "nccl" not in str(dist.get_backend(group))
         wire = "cpu" if self.staged else device
-        self.gathered = torch.empty(self.world, self.layout.nbytes, dtype=torch.uint8, device=wire)
-        self.send = torch.empty(self.layout.nbytes, dtype=torch.uint8, device=wire) if self.staged else None
+        # One slot per learner of the largest worker group: a collective takes equal sizes from every member.
+        self.slots = max(len(g) for g in self.groups)
+        shape = (self.slots, self.layout.nbytes)
+        self.gathered = torch.empty(self.world, *shape, dtype=torch.uint8, device=wire) if self.world > 1 else None
+        # Only a worker of one learner on a device the collective reads sends its EMA buffer as it is.
+        self.send = torch.empty(shape, dtype=torch.uint8, device=wire) if self.staged or self.slots > 1 else None
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.in_flight: Future | None = None
         self.in_flight_step = 0
@@ -108,12 +127,13 @@ class CollectiveSync:
     # --- the Sync protocol -------------------------------------------------------------------------
 
     def exchange(self, epoch: int, n_steps: int, emas: dict[int, torch.Tensor]) -> StateDict | None:
-        (ema,) = emas.values()
-        self.wait()  # the round before: at most one in flight, and the buffer it read is free again
+        if sorted(emas) != self.local:
+            raise BackendError(f"worker {self.rank} holds learners {self.local}, got EMAs of {sorted(emas)}")
+        self.wait()  # the round before: at most one in flight, and the buffers it read are free again
         target = self.step + n_steps
         self.arrivals.arrive(target)
         self.in_flight, self.in_flight_step, self.in_flight_since = Future(), target, time.monotonic()
-        self.jobs.put(((ema, epoch, n_steps, self._ready_event()), self.in_flight))
+        self.jobs.put(((emas, epoch, n_steps, self._ready_event()), self.in_flight))
         self.step = target
         if not self.plan[epoch][1]:
             return None  # nobody needs the global state before the next sync: train on meanwhile
@@ -139,9 +159,9 @@ class CollectiveSync:
 
     def _check_settled(self) -> None:
         self.wait()
-        if self.lagging is not None and self.lagging != self.index:
-            raise BackendError(f"learner {self.index}: its replica of the global learner lags behind learner "
-                               f"{self.lagging}'s; every learner calls settle() before the global state is read")
+        if self.lagging is not None and self.lagging != self.rank:
+            raise BackendError(f"{self.who}: this replica of the global learner lags behind worker {self.lagging}'s; "
+                               "every worker calls settle() before the global state is read")
 
     # --- the round ---------------------------------------------------------------------------------
 
@@ -170,7 +190,7 @@ class CollectiveSync:
                     deadline = time.monotonic() + self.timeout_s  # someone moved: slow, not hung
                 seen = now if now is not None else seen
             except RuntimeError as error:  # the collective broke: a peer's process or link is gone
-                raise BackendError(f"learner {self.index}: the sync that ends at step {self.in_flight_step} failed "
+                raise BackendError(f"{self.who}: the sync that ends at step {self.in_flight_step} failed "
                                    f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from error
         if self.stream is not None:
             torch.cuda.current_stream(self.device).wait_stream(self.stream)
@@ -194,8 +214,8 @@ class CollectiveSync:
                 future.set_result(None)
 
     def _run(self, job) -> None:
-        ema, epoch, n_steps, ready = job
-        work = self._catch_up if epoch is None else (lambda: self._fold(ema, epoch, n_steps))
+        emas, epoch, n_steps, ready = job
+        work = self._catch_up if epoch is None else (lambda: self._fold(emas, epoch, n_steps))
         if self.stream is None:
             work()
             return
@@ -204,45 +224,59 @@ class CollectiveSync:
             work()
         self.stream.synchronize()  # the thread's result means "on the device too", for the hang check
 
-    def _fold(self, ema: torch.Tensor, epoch: int, n_steps: int) -> None:
+    def _fold(self, local: dict[int, torch.Tensor], epoch: int, n_steps: int) -> None:
         """The round's collective, then the same fold on every replica that needs it.
 
-        While one learner alone carries weight (the anchor before mix_start) its replica folds alone and moves
-        nothing: the others only count the steps and fall behind (`lagging`). The anchor's global state is
-        broadcast when someone needs it: the learners at a communication epoch, the first round where several
-        learners carry weight, or a checkpoint or evaluation (`settle`). Every rank knows these moments from
-        the plan, so all of them take part in that broadcast or none does."""
+        While one learner alone carries weight (the anchor before mix_start) its worker's replica folds alone
+        and moves nothing: the others only count the steps and fall behind (`lagging`). The anchor's global
+        state is broadcast when someone needs it: the learners at a communication epoch, the first round where
+        several learners carry weight, or a checkpoint or evaluation (`settle`). Every rank knows these moments
+        from the plan, so all of them take part in that broadcast or none does."""
         weights, communicate = self.plan[epoch]
         carrying = [k for k, w in enumerate(weights) if w != 0]
         if len(carrying) == 1:
             (source,) = carrying
-            if self.lagging not in (None, source):
-                self._catch_up()  # another learner alone carried weight before: everyone starts from its state
-            if source == self.index:
-                self.global_learner.fold([ema if k == source else None for k in range(self.world)], weights,
-                                         n_steps)
+            owner = self.where[source][0]
+            if self.lagging not in (None, owner):
+                self._catch_up()  # another worker alone carried weight before: everyone starts from its state
+            if owner == self.rank:
+                self.global_learner.fold([local[k] if k == source else None for k in range(len(weights))],
+                                         weights, n_steps)
             else:
                 self.global_learner.ema_steps += n_steps  # the same counter as the source's replica
-            self.lagging = source
+            self.lagging = owner
             if communicate:
                 self._catch_up()
             return
         self._catch_up()
-        if self.staged:
-            self.send.copy_(ema)
-            ema = self.send
-        dist.all_gather_into_tensor(self.gathered.view(-1), ema, group=self.group)
-        emas = [self.gathered[k] if w != 0 else None for k, w in enumerate(weights)]
+        self.global_learner.fold(self._gather(local, weights), weights, n_steps)
+
+    def _gather(self, local: dict[int, torch.Tensor], weights: list[float]) -> list[torch.Tensor | None]:
+        """Every carrying learner's EMA bytes on this device, in learner order: the local buffers themselves in
+        a worker that holds every learner, else one all-gather of each worker's slots."""
+        if self.world == 1:
+            return [local[k] if w != 0 else None for k, w in enumerate(weights)]
+        if self.send is None:
+            (send,) = local.values()
+        else:
+            send = self.send
+            for slot, k in enumerate(self.local):
+                send[slot].copy_(local[k])
+        dist.all_gather_into_tensor(self.gathered.view(-1), send.view(-1), group=self.group)
+        emas = [self.gathered[self.where[k]] if w != 0 else None for k, w in enumerate(weights)]
         if self.staged:
             emas = [None if e is None else e.to(self.device, non_blocking=True) for e in emas]
-        self.global_learner.fold(emas, weights, n_steps)
+        return emas
 
     def _catch_up(self) -> None:
         """If the replicas lag behind the one learner that carried weight, broadcast its global state."""
         if self.lagging is None:
             return
+        if self.world == 1:  # the one replica is the one that folded
+            self.lagging = None
+            return
         buffer = self.global_learner.buffer
-        wire = self.send if self.staged else buffer
+        wire = self.send.view(-1)[: buffer.numel()] if self.staged else buffer
         if self.staged:
             wire.copy_(buffer)
         dist.broadcast(wire, src=dist.get_global_rank(self.group, self.lagging) if self.group else self.lagging,
@@ -265,7 +299,7 @@ class CollectiveSync:
         who = f"learner(s) {missing} never arrived (hung or too slow)" if missing else \
             "the collective did not complete (a peer is hung or its link is down)"
         return BackendError(
-            f"learner {self.index}: no learner made progress for {self.timeout_s:.0f} s (runtime.sync_timeout_s) "
+            f"{self.who}: no learner made progress for {self.timeout_s:.0f} s (runtime.sync_timeout_s) "
             f"while it waited for the sync that ends at step {step}; {who}. Raise runtime.sync_timeout_s if a "
             "learner can go that long without finishing a step.")
 

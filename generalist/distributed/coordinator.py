@@ -2,9 +2,10 @@
 
 It decides and records; it never touches a weight. The learners' states move device to device through the
 worker group's collectives (generalist.distributed.collective_sync). The coordinator keeps:
-- membership and (re)starts: the barrier every (re)started learner group passes, and the restart count;
+- membership and (re)starts: the barrier every (re)started worker group passes, and the restart count (a
+  worker holds one learner, or the learners that share its GPU: placement.resolve_grouping);
 - the mixing plan: what each epoch's syncs do (weights, redistribution), handed to the learners at join;
-- arrivals: the step each learner last reached a sync for, so a learner stuck in a collective can name the
+- arrivals: the step each worker last reached a sync for, so a worker stuck in a collective can name the
   learners that never arrived;
 - the metrics relay: learners' rows, drained by the driver, which writes them to the run folder;
 - the run's fatal error: a learner that meets an error a restart would only repeat (a diverged loss) records
@@ -25,17 +26,20 @@ import ray
 
 from generalist.config import RunConfig
 from generalist.distributed.mixing_group import LearnerDevice, choose_backend
+from generalist.distributed.placement import config_groups
 from generalist.errors import ConfigError
 from generalist.mixing import mixing_plan
 
 
 @ray.remote(num_cpus=0)
 class Coordinator:
-    """One per run. Async actor: a join waits until all K learners of a (re)started group have joined."""
+    """One per run. Async actor: a join waits until every worker of a (re)started group has joined. Workers are
+    named by their rank (Ray Train's world rank); `groups[rank]` are the learners a worker holds."""
 
     def __init__(self, config: RunConfig):
         self.config = config
-        self.num_learners = len(config.learners)
+        self.groups = config_groups(config)
+        self.num_workers = len(self.groups)
         self.plan = mixing_plan(config)
         self.global_step = 0  # the step every learner has reached a sync for
         self.arrived: dict[int, int] = {}
@@ -66,7 +70,7 @@ class Coordinator:
         self.learner_gpus[rank] = [str(g) for g in gpu_ids]
         self.learner_devices[rank] = LearnerDevice(rank, node, device)
         self.joined[rank] = start_step
-        if len(self.joined) == self.num_learners:
+        if len(self.joined) == self.num_workers:
             steps = set(self.joined.values())
             try:
                 backend = choose_backend([self.learner_devices[k] for k in sorted(self.joined)])
@@ -82,7 +86,7 @@ class Coordinator:
                     self.restarts += 1
                 self.global_step = step
                 self.joins += 1
-                self.arrived = {k: step for k in range(self.num_learners)}
+                self.arrived = {k: step for k in range(self.num_workers)}
                 self.rows.append(("restart", {"global_step": step}))
                 self.join_done.set_result({"start_step": step, "plan": self.plan, "incarnation": self.incarnation,
                                            "mixing_backend": backend})
@@ -91,13 +95,13 @@ class Coordinator:
     # --- arrivals: who reached which sync ----------------------------------------------------------
 
     def arrive(self, rank: int, step: int) -> None:
-        """Learner `rank` entered the sync that ends at optimiser step `step` (sent without waiting)."""
+        """Worker `rank` entered the sync that ends at optimiser step `step` (sent without waiting)."""
         self.arrived[rank] = max(step, self.arrived.get(rank, 0))
-        if len(self.arrived) == self.num_learners:
+        if len(self.arrived) == self.num_workers:
             self.global_step = min(self.arrived.values())
 
     def beat(self, rank: int, steps_done: int) -> None:
-        """Learner `rank`'s heartbeat: the optimiser steps it has done (sent every few seconds, fire and forget)."""
+        """Worker `rank`'s heartbeat: the optimiser steps its learners have done (sent every few seconds)."""
         self.steps_done[rank] = steps_done
 
     def progress(self) -> tuple:
@@ -106,8 +110,8 @@ class Coordinator:
         return tuple(sorted(self.arrived.items())), tuple(sorted(self.steps_done.items()))
 
     def missing(self, step: int) -> list[int]:
-        """The learners that have not reached the sync ending at `step` (the suspects when a sync hangs)."""
-        return [k for k in range(self.num_learners) if self.arrived.get(k, -1) < step]
+        """The learners whose worker has not reached the sync ending at `step` (the suspects when a sync hangs)."""
+        return [k for rank, group in enumerate(self.groups) if self.arrived.get(rank, -1) < step for k in group]
 
     # --- metrics relay and status ------------------------------------------------------------------
 
@@ -134,7 +138,8 @@ class Coordinator:
                 "node": ray.get_runtime_context().get_node_id()}
 
     def learners(self) -> dict[int, dict]:
-        """Process id, GPU ids and node of each learner actor (for operators, and for fault-injection tests)."""
-        return {k: {"pid": pid, "gpus": self.learner_gpus.get(k, []),
+        """Process id, GPU ids, node and learners of each worker, by rank (for operators, and for fault-injection
+        tests); with one learner per worker, rank k holds learner k."""
+        return {k: {"pid": pid, "gpus": self.learner_gpus.get(k, []), "learners": self.groups[k],
                     "node": self.learner_devices[k].node if k in self.learner_devices else ""}
                 for k, pid in self.learner_pids.items()}

@@ -1,5 +1,6 @@
-"""How many GPUs each learner asks Ray for when the config leaves it open: a pure function of the config and
-the cluster's GPU count, so the choice is testable without Ray and printed and stored the same everywhere."""
+"""How many GPUs each learner asks Ray for, and how many learners share a worker process, when the config
+leaves them open: pure functions of the config and the cluster's GPU count, so the choices are testable without
+Ray and printed and stored the same everywhere."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import dataclasses
 import math
 
 from generalist.config import RunConfig
+from generalist.errors import ConfigError
 
-__all__ = ["RAY_RESOURCE_STEP", "resolve_gpus", "with_gpus"]
+__all__ = ["RAY_RESOURCE_STEP", "resolve_gpus", "with_gpus", "resolve_grouping", "with_grouping", "worker_groups",
+           "config_groups", "worker_resources"]
 
 # Ray keeps resource amounts to 4 decimals; a share must be a multiple of this, rounded down so K shares fit.
 RAY_RESOURCE_STEP = 1e-4
@@ -56,3 +59,58 @@ def resolve_gpus(config: RunConfig, cluster_gpus: float) -> tuple[float, str]:
 def with_gpus(config: RunConfig, gpus_per_learner: float) -> RunConfig:
     """A copy of `config` whose runtime.gpus_per_learner is the resolved value (what the workers must see)."""
     return dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, gpus_per_learner=gpus_per_learner))
+
+
+def resolve_grouping(config: RunConfig) -> tuple[int, str]:
+    """(learners_per_worker, one line saying the choice), for a config whose gpus_per_learner is resolved.
+
+    An explicit `runtime.learners_per_worker` wins (at most K). Left at None (automatic): the learners that share
+    a GPU share one worker process (1 / gpus_per_learner of them, as resolve_gpus packs them), because processes
+    on one GPU never overlap their kernels (no MPS) and each step pays a context switch: in one process they
+    train one after another at in-process speed and mix with a device-local fold. Otherwise one learner per
+    worker: on CPUs, separate processes train on separate cores at once."""
+    runtime, k = config.runtime, len(config.learners)
+    if runtime.learners_per_worker is not None:
+        n = min(runtime.learners_per_worker, k)
+        return n, f"grouping: runtime.learners_per_worker={runtime.learners_per_worker} as set: {_describe(k, n)}"
+    share = runtime.gpus_per_learner or 0.0
+    if 0 < share < 1 and runtime.device != "cpu":
+        n = min(k, max(1, round(1 / share)))
+        return n, f"grouping: the learners that share a GPU share a worker process: {_describe(k, n)}"
+    return 1, f"grouping: one worker process per learner ({k})"
+
+
+def _describe(k: int, n: int) -> str:
+    groups = worker_groups(k, n)
+    return f"{len(groups)} worker(s) for {k} learner(s), {[len(g) for g in groups]} learner(s) each"
+
+
+def worker_groups(num_learners: int, learners_per_worker: int) -> list[list[int]]:
+    """The learner indices each worker (Ray Train world rank) holds: consecutive runs of `learners_per_worker`,
+    so learner order is worker order, then order within the worker (the fold's order)."""
+    n = max(1, learners_per_worker)
+    return [list(range(first, min(first + n, num_learners))) for first in range(0, num_learners, n)]
+
+
+def config_groups(config: RunConfig) -> list[list[int]]:
+    """The worker groups of a config whose placement is resolved (with_grouping); one learner per worker if not."""
+    return worker_groups(len(config.learners), config.runtime.learners_per_worker or 1)
+
+
+def worker_resources(config: RunConfig) -> tuple[float, float]:
+    """(CPUs, GPUs) each worker asks for: its largest group's learners' shares together. Ray takes one amount for
+    every worker of a group and refuses GPU amounts above 1 that are not whole."""
+    runtime = config.runtime
+    largest = max(len(g) for g in config_groups(config))
+    gpus = _round_down(runtime.gpus_per_learner * largest + RAY_RESOURCE_STEP / 2) if runtime.gpus_per_learner else 0.0
+    if gpus > 1 and gpus != int(gpus):
+        raise ConfigError(
+            f"runtime.learners_per_worker={largest} x runtime.gpus_per_learner={runtime.gpus_per_learner:g} = "
+            f"{gpus:g} GPUs per worker: Ray takes a fraction <= 1 or a whole number; choose values whose product is")
+    return runtime.cpus_per_learner * largest, gpus
+
+
+def with_grouping(config: RunConfig, learners_per_worker: int) -> RunConfig:
+    """A copy of `config` whose runtime.learners_per_worker is the resolved value (what the workers must see)."""
+    return dataclasses.replace(config, runtime=dataclasses.replace(config.runtime,
+                                                                   learners_per_worker=learners_per_worker))

@@ -1,12 +1,12 @@
-"""The Ray backend: one Ray Train worker per base learner, plus our coordinator actor.
+"""The Ray backend: Ray Train workers that hold the base learners, plus our coordinator actor.
 
-Ray Train gives us the learner actors (`TorchTrainer` worker group: world rank k runs learner k), their
-placement (`ScalingConfig`: one GPU each, PACK or SPREAD), restarts of the group from the last reported
-checkpoint (`FailureConfig`) and checkpoint storage (`RunConfig.storage_path`, local or any pyarrow URI).
-The learners mix through the worker group's own process group (NCCL on GPUs, gloo on CPUs), each holding a
-replica of the global learner (CollectiveSync); we add the coordinator as the control plane (membership,
-mixing plan, hung learners, metrics) and run the same `train_learners` loop as the in-process backend, so
-the numbers are the same.
+Ray Train gives us the learner actors (`TorchTrainer` worker group: world rank r runs the learners of group r,
+one learner each unless learners share a GPU: placement.resolve_grouping), their placement (`ScalingConfig`: a
+GPU each, PACK or SPREAD), restarts of the group from the last reported checkpoint (`FailureConfig`) and
+checkpoint storage (`RunConfig.storage_path`, local or any pyarrow URI). The workers mix through a process
+group of their own (NCCL on GPUs, gloo on CPUs), each holding a replica of the global learner
+(CollectiveSync); we add the coordinator as the control plane (membership, mixing plan, hung learners,
+metrics) and run the same `train_learners` loop as the in-process backend, so the numbers are the same.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from generalist.distributed.collective_sync import CollectiveSync
 from generalist.distributed.coordinator import Coordinator
 from generalist.distributed.local import build_learners, finish
 from generalist.distributed.mixing_group import new_mixing_group
-from generalist.distributed.placement import resolve_gpus, with_gpus
+from generalist.distributed.placement import (config_groups, resolve_gpus, resolve_grouping, with_gpus,
+                                              with_grouping, worker_resources)
 from generalist.distributed.ray_start import start_local_ray
 from generalist.errors import (BackendError, CheckpointError, ConfigError, DataError, GeneralistError,
                                TrainingDiverged)
@@ -143,7 +144,7 @@ class Heartbeat:
 
     EVERY_S = 2.0
 
-    def __init__(self, coordinator, rank: int, learner):
+    def __init__(self, coordinator, rank: int, learner):  # a worker's learners step together: its first tells
         self.stopped = threading.Event()
 
         def beat() -> None:
@@ -157,17 +158,19 @@ class Heartbeat:
 
 
 def learner_worker(spec: dict) -> None:
-    """Ray Train's `train_loop_per_worker`: world rank k runs base learner k to the end of training.
+    """Ray Train's `train_loop_per_worker`: world rank r runs the base learners of group r (one, or those that
+    share its GPU) to the end of training, one after another in each round, as the in-process backend does.
 
-    Each worker also holds a replica of the global learner, mixed through the worker group's process group
-    (CollectiveSync); the coordinator hands out the mixing plan and hears where each learner is."""
+    Each worker also holds a replica of the global learner, mixed through the mixing group (CollectiveSync);
+    the coordinator hands out the mixing plan and hears where each worker is."""
     config = GeneralistConfig.from_dict(spec["config"])
     rank = ray_train.get_context().get_world_rank()
+    groups = config_groups(config)
     device = _learner_device(config, rank)
     set_determinism(config.runtime.use_deterministic(device.type), config.runtime.threads)
     coordinator = ray.get_actor(spec["coordinator"], namespace=spec["namespace"])
     data = prepare_run_data(config)
-    (learner,) = build_learners(config, data, [rank], device)
+    learners = build_learners(config, data, groups[rank], device)
     global_learner = GlobalLearner(config, data.initial_state, device, steps_per_epoch=data.stream.steps_per_epoch)
     start_step, best_score = 0, None
     checkpoint = ray_train.get_checkpoint()
@@ -178,17 +181,19 @@ def learner_worker(spec: dict) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = ckpt.read_state(folder)
-            names = [f"learner-{learner.name}", GLOBAL]  # every replica of the global learner starts from it
+            # every replica of the global learner starts from it
+            names = [f"learner-{learner.name}" for learner in learners] + [GLOBAL]
             payloads = load_resume_payloads({**state, "folder": folder, "learners": config.learner_names},
                                             config, names, device)
-            learner.load_state_dict(payloads[f"learner-{learner.name}"])
+            for learner in learners:
+                learner.load_state_dict(payloads[f"learner-{learner.name}"])
             global_learner.load_state_dict(payloads[GLOBAL])
-            start_step, best_score = learner.steps_done, state.get("best_score")
+            start_step, best_score = learners[0].steps_done, state.get("best_score")
     node = ray.get_runtime_context().get_node_id()
     joined = ray.get(coordinator.join.remote(rank, os.getpid(), ray.get_gpu_ids(), start_step, node, str(device)),
                      timeout=config.runtime.sync_timeout_s)
     sync = CollectiveSync(
-        config, rank, global_learner,
+        config, rank, global_learner, groups=groups,
         group=new_mixing_group(joined["mixing_backend"], device, config.runtime.sync_timeout_s),
         timeout_s=config.runtime.sync_timeout_s,
         start_step=joined["start_step"],
@@ -196,10 +201,10 @@ def learner_worker(spec: dict) -> None:
         arrivals=ThrottledArrivals(coordinator, rank),
         missing=lambda step: ray.get(coordinator.missing.remote(step), timeout=30),
         progress=lambda: ray.get(coordinator.progress.remote(), timeout=30))
-    heartbeat = Heartbeat(coordinator, rank, learner)
+    heartbeat = Heartbeat(coordinator, rank, learners[0])
     sink = WorkerSink(config, rank, coordinator, spec["run_location"], best_score, joined["incarnation"])
     try:
-        train_learners(config, data, [learner], sync, sink, start_step=start_step, owns_global=rank == 0,
+        train_learners(config, data, learners, sync, sink, start_step=start_step, owns_global=rank == 0,
                        global_state_for_eval=sync.global_state, device=device)
     except DETERMINISTIC_ERRORS as error:
         coordinator.fail.remote(rank, type(error).__name__, str(error))  # the driver ends the run on it
@@ -211,36 +216,43 @@ def learner_worker(spec: dict) -> None:
 
 
 def _learner_device(config: GeneralistConfig, rank: int) -> torch.device:
-    """The GPU Ray gave this learner, or the CPU: with runtime.device=auto a learner that was given a GPU but
+    """The GPU Ray gave this worker, or the CPU: with runtime.device=auto a worker that was given a GPU but
     sees no CUDA device (a cluster that advertises GPUs it has no driver for) trains on its CPU."""
     runtime = config.runtime
     if runtime.gpus_per_learner and runtime.device != "cpu" and torch.cuda.is_available():
         return ray_train.torch.get_device()
     if runtime.device == "cuda":
-        raise ConfigError(f"runtime.device=cuda but learner {rank} sees no CUDA GPU (a driver missing on its node?); "
+        raise ConfigError(f"runtime.device=cuda but worker {rank} (learners {config_groups(config)[rank]}) sees no "
+                          "CUDA GPU (a driver missing on its node?); "
                           "use runtime.device=auto to train on CPUs")
     return torch.device("cpu")
 
 
 def _place(config: GeneralistConfig, folder: RunFolder, quiet: bool) -> GeneralistConfig:
-    """Resolve runtime.gpus_per_learner against the cluster (placement.resolve_gpus), say the choice and store it
-    in the session's metadata; config.json keeps what the user asked for, so a resume chooses again."""
+    """Resolve runtime.gpus_per_learner against the cluster (placement.resolve_gpus) and then how many learners
+    share a worker (placement.resolve_grouping), say the choices and store them in the session's metadata;
+    config.json keeps what the user asked for, so a resume chooses again."""
     cluster_gpus = ray.cluster_resources().get("GPU", 0)
     gpus, line = resolve_gpus(config, cluster_gpus)
+    config = with_gpus(config, gpus)
+    per_worker, grouping = resolve_grouping(config)
     if not quiet:
-        print(line, flush=True)
+        print(f"{line}\n{grouping}", flush=True)
     folder.add_metadata({"placement": {"gpus_per_learner": gpus, "cluster_gpus": cluster_gpus,
-                                       "learners": len(config.learners),
-                                       "automatic": config.runtime.gpus_per_learner is None, "line": line}})
-    return with_gpus(config, gpus)
+                                       "learners": len(config.learners), "learners_per_worker": per_worker,
+                                       "automatic": config.runtime.gpus_per_learner is None, "line": line,
+                                       "grouping": grouping}})
+    return with_grouping(config, per_worker)
 
 
 def _check_capacity(config: GeneralistConfig) -> None:
-    """Fail early, with numbers, when the cluster cannot hold one actor per learner.
+    """Fail early, with numbers, when the cluster cannot hold the worker group.
 
     On an autoscaling cluster, `runtime.wait_for_resources_s` gives new nodes time to join first."""
     k, runtime = len(config.learners), config.runtime
-    need_gpu, need_cpu = k * runtime.gpus_per_learner, k * runtime.cpus_per_learner
+    workers = len(config_groups(config))
+    cpus, gpus = worker_resources(config)
+    need_gpu, need_cpu = workers * gpus, workers * cpus
     deadline = time.monotonic() + runtime.wait_for_resources_s
     total = ray.cluster_resources()
     while (total.get("GPU", 0) < need_gpu or total.get("CPU", 0) < need_cpu) and time.monotonic() < deadline:
@@ -248,13 +260,23 @@ def _check_capacity(config: GeneralistConfig) -> None:
         total = ray.cluster_resources()
     if need_gpu > total.get("GPU", 0):
         raise BackendError(
-            f"asked for {need_gpu:g} GPUs ({k} learners x runtime.gpus_per_learner={runtime.gpus_per_learner:g}), "
+            f"asked for {need_gpu:g} GPUs ({k} learners x runtime.gpus_per_learner={runtime.gpus_per_learner:g}"
+            f"{_in_workers(config, workers, gpus)}), "
             f"the cluster has {total.get('GPU', 0):g}; add GPUs, or share them with a fractional "
             f"runtime.gpus_per_learner (e.g. {total.get('GPU', 0) / k:.2g})")
     if need_cpu > total.get("CPU", 0):
         raise BackendError(
-            f"asked for {need_cpu:g} CPUs ({k} learners x runtime.cpus_per_learner={runtime.cpus_per_learner:g}), "
+            f"asked for {need_cpu:g} CPUs ({k} learners x runtime.cpus_per_learner={runtime.cpus_per_learner:g}"
+            f"{_in_workers(config, workers, cpus)}), "
             f"the cluster has {total.get('CPU', 0):g}; lower runtime.cpus_per_learner")
+
+
+def _in_workers(config: GeneralistConfig, workers: int, per_worker: float) -> str:
+    """How grouped learners add up (Ray asks every worker for its largest group's amount), or nothing."""
+    if (config.runtime.learners_per_worker or 1) == 1:
+        return ""
+    return (f", grouped {config.runtime.learners_per_worker} per worker (runtime.learners_per_worker): {workers} "
+            f"worker(s) x {per_worker:g}")
 
 
 def _connect(address: str | None, config: GeneralistConfig) -> bool:
@@ -264,7 +286,7 @@ def _connect(address: str | None, config: GeneralistConfig) -> bool:
     if address:
         ray.init(address=address, log_to_driver=True)
         return False
-    cpus = max(os.cpu_count() or 1, int(len(config.learners) * config.runtime.cpus_per_learner + 0.999))
+    cpus = max(os.cpu_count() or 1, int(len(config_groups(config)) * worker_resources(config)[0] + 0.999))
     # Learner logs stay in Ray's session folder (/tmp/ray/session_latest/logs): their progress reaches the
     # driver through the coordinator, and their errors as exceptions.
     start_local_ray(dict(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
@@ -325,15 +347,17 @@ def _fit(config: GeneralistConfig, folder: RunFolder, state: dict | None, quiet:
             # the checkpoints Ray Train has seen reported instead.
             "resume_folder": locate(state["folder"]) if state else None}
     runtime = config.runtime
-    use_gpu = runtime.gpus_per_learner > 0
-    resources = {"CPU": runtime.cpus_per_learner, **({"GPU": runtime.gpus_per_learner} if use_gpu else {})}
+    groups = config_groups(config)
+    cpus, gpus = worker_resources(config)
+    use_gpu = gpus > 0
+    resources = {"CPU": cpus, **({"GPU": gpus} if use_gpu else {})}
     trainer = AbortableTorchTrainer(
         learner_worker,
         train_loop_config=spec,
         # gloo here, for Ray Train's own use; the mixing has a group of its own (mixing_group.new_mixing_group,
         # NCCL or gloo as decided at join) with a timeout past ours, so a hung peer is reported by name.
         torch_config=TorchConfig(backend="gloo", timeout_s=int(runtime.sync_timeout_s) + 300),
-        scaling_config=ScalingConfig(num_workers=len(config.learners), use_gpu=use_gpu,
+        scaling_config=ScalingConfig(num_workers=len(groups), use_gpu=use_gpu,
                                      resources_per_worker=resources, placement_strategy=runtime.placement),
         # A URI's filesystem goes to Ray Train as is (credentials, endpoint), with the path its scheme stripped.
         run_config=RunConfig(name=f"ray-session-{session}", storage_path=_storage_path(folder.path),
@@ -388,7 +412,7 @@ def _fit(config: GeneralistConfig, folder: RunFolder, state: dict | None, quiet:
 
 
 def describe_failure(error: BaseException, config: GeneralistConfig) -> str:
-    """Which learner failed last and with what exception, in one line, without Ray's generic advice."""
+    """Which learner(s) failed last and with what exception, in one line, without Ray's generic advice."""
     failures = _worker_failures(error)
     if not failures:
         return f"{type(error).__name__}: {_first_line(error)}"
@@ -397,8 +421,10 @@ def describe_failure(error: BaseException, config: GeneralistConfig) -> str:
               for rank, failure in failures.items()}
     # A dead process first: the others' errors (a sync that broke) are what its death did to them.
     for rank, cause in sorted(causes.items(), key=lambda item: (isinstance(item[1], GeneralistError), item[0])):
-        name = config.learner_names[rank] if 0 <= rank < len(config.learners) else f"rank {rank}"
-        parts.append(f"learner {name!r} (rank {rank}): {type(cause).__name__}: {_first_line(cause)}")
+        groups = config_groups(config)
+        names = [config.learner_names[k] for k in groups[rank]] if 0 <= rank < len(groups) else []
+        who = f"learner {names[0]!r}" if len(names) == 1 else f"learners {names}" if names else "worker"
+        parts.append(f"{who} (rank {rank}): {type(cause).__name__}: {_first_line(cause)}")
     return "; ".join(parts)
 
 

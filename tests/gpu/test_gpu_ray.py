@@ -81,12 +81,27 @@ def test_each_learner_trains_on_its_own_gpu(gpu_ray, tmp_path):
     assert_same_global(tmp_path / "local", tmp_path / "ray")
 
 
-def test_two_learners_share_one_gpu_with_half_a_gpu_each(gpu_ray, tmp_path):
+def test_two_learners_on_half_a_gpu_each_share_one_worker_by_default(gpu_ray, tmp_path):
+    """The default grouping (placement.resolve_grouping): one process holds both learners on the GPU and mixes
+    them with a device-local fold."""
+    train(gpu_config("generalist-d-small"), tmp_path / "local", quiet=True)
+    seen = {}
+    watcher = learners_seen(1, seen)
+    train(gpu_config("generalist-d-small", "runtime.backend=ray", "runtime.gpus_per_learner=0.5"), tmp_path / "ray",
+          quiet=True)
+    watcher.join()
+    assert seen[0]["learners"] == [0, 1] and len(seen[0]["gpus"]) == 1, seen
+    assert_same_global(tmp_path / "local", tmp_path / "ray")
+
+
+def test_two_learner_processes_can_still_share_one_gpu(gpu_ray, tmp_path):
+    """runtime.learners_per_worker=1: a process per learner on one GPU (NCCL refuses two ranks on one device, so
+    the mixing group is gloo, staged through the host)."""
     train(gpu_config("generalist-d-small"), tmp_path / "local", quiet=True)
     seen = {}
     watcher = learners_seen(2, seen)
-    train(gpu_config("generalist-d-small", "runtime.backend=ray", "runtime.gpus_per_learner=0.5"), tmp_path / "ray",
-          quiet=True)
+    train(gpu_config("generalist-d-small", "runtime.backend=ray", "runtime.gpus_per_learner=0.5",
+                     "runtime.learners_per_worker=1"), tmp_path / "ray", quiet=True)
     watcher.join()
     gpu_ids = [tuple(seen[r]["gpus"]) for r in range(2)]
     assert all(len(ids) == 1 for ids in gpu_ids), gpu_ids
@@ -109,7 +124,7 @@ def test_a_learner_killed_on_the_gpu_is_restarted_and_the_run_ends_bit_identical
     killer = threading.Thread(target=kill_learner_at, args=(7,))
     killer.start()
     train(gpu_config("generalist-d-small", *overrides, "runtime.backend=ray", "runtime.gpus_per_learner=0.5",
-                     "runtime.max_failures=2"), tmp_path / "ray", quiet=True)
+                     "runtime.learners_per_worker=1", "runtime.max_failures=2"), tmp_path / "ray", quiet=True)
     killer.join()
     assert len(kills) == 1
     assert_same_global(tmp_path / "local", tmp_path / "ray")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -23,17 +24,29 @@ pytestmark = pytest.mark.usefixtures("local_ray")
 STEP_CLOCK = ("schedule.clock_epochs=12", "mixing.global_bn=reestimate", "mixing.bn_batches=3")
 
 
-@pytest.mark.parametrize("recipe,sync_every,extra", [("generalist-d-small", 1, ()), ("generalist-t-small", 1, ()),
-                                                     ("generalist-t-small", 3, ()),
+# Learners that share a worker (placement.resolve_grouping; the in-process backend ignores the setting):
+# On CPUs (the local Ray's logical GPUs would be asked for by each learner, more than 3 in two workers of two).
+ONE_WORKER = ("runtime.learners_per_worker=3", "runtime.device=cpu")  # a device-local fold, no collective
+TWO_WORKERS = ("runtime.learners_per_worker=2", "runtime.device=cpu")  # [[natural, linf], [l2]]: two slots each
+
+
+@pytest.mark.parametrize("recipe,sync_every,extra", [("generalist-d-small", 1, ()),
+                                                     ("generalist-t-small", 1, ONE_WORKER),
+                                                     ("generalist-t-small", 3, TWO_WORKERS),
                                                      ("generalist-d-small", 3, STEP_CLOCK)],
-                         ids=["d-sync1", "t-sync1", "t-sync3", "d-sync3-step-clock-reestimated-bn"])
+                         ids=["d-sync1", "t-sync1-one-worker", "t-sync3-two-learners-share-a-worker",
+                              "d-sync3-step-clock-reestimated-bn"])
 def test_ray_run_gives_the_same_global_weights_as_the_in_process_backend(tiny, tmp_path, recipe, sync_every, extra):
-    """The collective path (broadcast before mix_start, all-gather after, redistribution) against in-process."""
+    """The collective path (broadcast before mix_start, all-gather after, redistribution) against in-process,
+    also with learners grouped in workers (K = 3 in every grouping: tests/unit/test_collective_sync.py)."""
     config = tiny(recipe, "schedule.epochs=2", f"mixing.sync_every={sync_every}", *extra)
     train(config, tmp_path / "local", quiet=True)
     ray_config = tiny(recipe, "schedule.epochs=2", f"mixing.sync_every={sync_every}", *extra, "runtime.backend=ray")
     train(ray_config, tmp_path / "ray", quiet=True)
     assert_same_tensors(final_global(tmp_path / "local"), final_global(tmp_path / "ray"))
+    placement = json.loads((tmp_path / "ray" / "metadata.json").read_text())["placement"]
+    grouped = [int(o.split("=")[1]) for o in extra if o.startswith("runtime.learners_per_worker=")]
+    assert placement["learners_per_worker"] == (grouped or [1])[0], placement  # the grouping ran as asked
     # Both backends stream the same metric tables.
     for table in ("rounds", "epochs"):
         assert (tmp_path / "ray" / "metrics" / f"{table}.parquet").is_file()
@@ -66,10 +79,14 @@ def test_more_learners_than_gpus_is_a_clear_error_unless_gpus_are_fractional(tin
     too_many = tiny("generalist-t-small", "runtime.backend=ray", "runtime.gpus_per_learner=2", "runtime.device=cpu")
     with pytest.raises(BackendError, match=r"asked for 6 GPUs .* the cluster has 3"):
         train(too_many, tmp_path / "a", quiet=True)
+    # Two learners on half a (logical) GPU each share one worker that asks for one GPU; with no CUDA device
+    # behind Ray's logical GPUs (runtime.device=auto) the worker trains on its CPU.
     fractional = tiny("generalist-d-small", "schedule.epochs=1", "runtime.backend=ray",
-                      "runtime.gpus_per_learner=0.5", "runtime.device=cpu")
+                      "runtime.gpus_per_learner=0.5")
     train(fractional, tmp_path / "b", quiet=True)
     assert (tmp_path / "b" / "final" / "global.pt").is_file()
+    placement = json.loads((tmp_path / "b" / "metadata.json").read_text())["placement"]
+    assert placement["learners_per_worker"] == 2 and "1 worker(s) for 2 learner(s)" in placement["grouping"]
 
 
 def test_a_killed_learner_is_restarted_from_the_last_checkpoint_and_the_run_ends_bit_identical(

@@ -2,8 +2,10 @@
 
 Every replica of the global learner must hold the very bytes the in-process GlobalLearner computes from the
 same EMA buffers: before mix_start (a broadcast from the anchor), in the mixing phase (an all-gather), at
-communication epochs (the result handed back at once) and with rounds of several steps; and a peer that
-never arrives must end in an error that names it instead of a silent wait."""
+communication epochs (the result handed back at once) and with rounds of several steps, with one learner per
+process or several (the learners that share a GPU share a worker: one all-gather of each worker's slots, or no
+collective at all when one process holds them all); and a peer that never arrives must end in an error that
+names it instead of a silent wait."""
 
 from __future__ import annotations
 
@@ -57,10 +59,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _replica(rank: int, world: int, port: int, recipe: str, out: str, mode: str, beats) -> None:
-    """One learner process. mode: "normal"; "hang" (rank 1 stops before round 3); "main-collective" (the main
-    thread runs a collective on the default group while each background round is in flight, under
-    TORCH_DISTRIBUTED_DEBUG=DETAIL); "slow" (rank 1 trains round 3 for 2.5x the sync timeout, beating)."""
+def _replica(rank: int, world: int, port: int, recipe: str, out: str, mode: str, beats, groups) -> None:
+    """One worker process, holding the learners groups[rank]. mode: "normal"; "hang" (rank 1 stops before round
+    3); "main-collective" (the main thread runs a collective on the default group while each background round is
+    in flight, under TORCH_DISTRIBUTED_DEBUG=DETAIL); "slow" (rank 1 trains round 3 for 2.5x the sync timeout,
+    beating)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if mode == "main-collective":
         os.environ["TORCH_DISTRIBUTED_DEBUG"] = "DETAIL"
@@ -81,7 +84,8 @@ def _replica(rank: int, world: int, port: int, recipe: str, out: str, mode: str,
 
     collective_sync.dist.broadcast = counted("broadcast", broadcast)
     collective_sync.dist.all_gather_into_tensor = counted("all_gather", all_gather)
-    sync = CollectiveSync(config, rank, global_learner, group=new_mixing_group("gloo", torch.device("cpu"), timeout_s),
+    sync = CollectiveSync(config, rank, global_learner, groups=groups,
+                          group=new_mixing_group("gloo", torch.device("cpu"), timeout_s),
                           timeout_s=timeout_s, poll_s=0.25, missing=lambda step: [1],
                           progress=lambda: beats.value)
     results, started = [], time.monotonic()
@@ -96,9 +100,9 @@ def _replica(rank: int, world: int, port: int, recipe: str, out: str, mode: str,
                 for _ in range(10):  # 5 s of training between two syncs, with a heartbeat every 0.5 s
                     time.sleep(0.5)
                     beats.value += 1
-            ema = _ema_of(rank, i, global_learner.layout, init)
+            emas = {k: _ema_of(k, i, global_learner.layout, init) for k in groups[rank]}
             started = time.monotonic()
-            loaded = sync.exchange(epoch, n, {rank: ema})
+            loaded = sync.exchange(epoch, n, emas)
             if mode == "main-collective":  # e.g. a barrier or DDP's broadcast, while the round is in flight
                 total = torch.ones(3)
                 dist.all_reduce(total)
@@ -117,34 +121,44 @@ def _replica(rank: int, world: int, port: int, recipe: str, out: str, mode: str,
             os._exit(0)  # a peer is gone: skip the collective teardown
 
 
-def _run(world: int, recipe: str, tmp_path: Path, mode: str = "normal") -> list[dict]:
+def _run(groups: list[list[int]], recipe: str, tmp_path: Path, mode: str = "normal") -> list[dict]:
     out = str(tmp_path / "replica-{rank}.pt")
     beats = mp.get_context("spawn").Value("i", 0)
-    mp.spawn(_replica, args=(world, _free_port(), recipe, out, mode, beats), nprocs=world, join=True)
+    world = len(groups)
+    mp.spawn(_replica, args=(world, _free_port(), recipe, out, mode, beats, groups), nprocs=world, join=True)
     return [torch.load(out.format(rank=r), weights_only=True) for r in range(world)]
 
 
-@pytest.mark.parametrize("world,recipe,mode", [(2, "generalist-d", "normal"), (3, "generalist-t", "normal"),
-                                               (2, "generalist-d", "main-collective"), (2, "generalist-d", "slow")],
-                         ids=["d", "t", "main-thread-collective-during-a-round", "slow-learner-with-heartbeat"])
-def test_every_replica_holds_the_in_process_global_learner_bit_for_bit(tmp_path, world, recipe, mode):
+@pytest.mark.parametrize("groups,recipe,mode", [([[0], [1]], "generalist-d", "normal"),
+                                                ([[0], [1], [2]], "generalist-t", "normal"),
+                                                ([[0, 1], [2]], "generalist-t", "normal"),
+                                                ([[0, 1, 2]], "generalist-t", "normal"),
+                                                ([[0], [1]], "generalist-d", "main-collective"),
+                                                ([[0], [1]], "generalist-d", "slow")],
+                         ids=["d", "t", "t-two-learners-share-a-worker", "t-one-worker-holds-all",
+                              "main-thread-collective-during-a-round", "slow-learner-with-heartbeat"])
+def test_every_replica_holds_the_in_process_global_learner_bit_for_bit(tmp_path, groups, recipe, mode):
     """Also when the main thread uses the default group meanwhile (the mixing has a group of its own), and
     when a learner is slower than the sync timeout between two syncs but beats (slow is not hung)."""
-    replicas = _run(world, recipe, tmp_path, mode)
+    replicas = _run(groups, recipe, tmp_path, mode)
     config = _config(recipe)
+    num_learners = len(config.learners)
+    assert sorted(k for g in groups for k in g) == list(range(num_learners))
     init = _initial_state()
     expected = GlobalLearner(config, init)
     loaded = []
     for i, (epoch, n) in enumerate(ROUNDS):
-        expected.sync([_ema_of(r, i, expected.layout, init) for r in range(world)], epoch, n)
+        expected.sync([_ema_of(k, i, expected.layout, init) for k in range(num_learners)], epoch, n)
         loaded.append(expected.buffer.clone() if is_communication_epoch(epoch, config) else None)
     assert any(len([w for w in mixing_weights(e, config) if w]) == 1 for e, _ in ROUNDS)  # a broadcast round
-    assert any(len([w for w in mixing_weights(e, config) if w]) == world for e, _ in ROUNDS)  # an all-gather round
+    assert any(len([w for w in mixing_weights(e, config) if w]) == num_learners for e, _ in ROUNDS)  # all carry
     # Only what carries weight moves: nothing while the anchor alone does (epochs 1-6 here), one broadcast of
-    # its global state when a second learner first carries weight, then one all-gather per round.
+    # its global state when a second learner first carries weight, then one all-gather per round; nothing at
+    # all when one worker holds every learner (a device-local fold).
     mixed_rounds = sum(len([w for w in mixing_weights(e, config) if w]) > 1 for e, _ in ROUNDS)
+    moved = (1, mixed_rounds) if len(groups) > 1 else (0, 0)
     for rank, replica in enumerate(replicas):
-        assert (replica["broadcast"], replica["all_gather"]) == (1, mixed_rounds), replica
+        assert (replica["broadcast"], replica["all_gather"]) == moved, replica
         assert torch.equal(replica["buffer"], expected.buffer), f"replica {rank} differs"
         assert replica["ema_steps"] == sum(n for _, n in ROUNDS)
         for got, want in zip(replica["loaded"], loaded):
@@ -153,7 +167,7 @@ def test_every_replica_holds_the_in_process_global_learner_bit_for_bit(tmp_path,
 
 
 def test_a_peer_that_never_arrives_ends_in_an_error_naming_it_within_the_sync_timeout(tmp_path):
-    replicas = _run(2, "generalist-d", tmp_path, "hang")
+    replicas = _run([[0], [1]], "generalist-d", tmp_path, "hang")
     assert replicas[1] == {"hung": True}
     assert "learner(s) [1] never arrived" in replicas[0]["error"]
     # The deadline counts from when the round was queued (3 s), not from when someone waits for it; the

@@ -1,5 +1,6 @@
 """GPUs are used without being asked: generalist.distributed.placement picks each learner's GPU share from the
-cluster's GPU count (no Ray needed), and explicit settings win. Under 1 s."""
+cluster's GPU count, and the learners that share a GPU share a worker process (no Ray needed); explicit
+settings win. Under 1 s."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import pytest
 
 from conftest import tiny_config
 from generalist.config import apply_overrides
-from generalist.distributed.placement import resolve_gpus, with_gpus
+from generalist.distributed.placement import (config_groups, resolve_gpus, resolve_grouping, with_gpus, with_grouping,
+                                              worker_groups, worker_resources)
+from generalist.errors import ConfigError
 
 
 def config(recipe: str, *overrides: str):
@@ -68,3 +71,50 @@ def test_with_gpus_gives_a_validated_copy_for_the_workers():
     resolved = with_gpus(original, 0.3333)
     assert resolved.runtime.gpus_per_learner == 0.3333 and original.runtime.gpus_per_learner is None
     assert resolved.fingerprint() == original.fingerprint(), "placement never changes what a checkpoint resumes"
+
+
+def placed(recipe: str, cluster_gpus: float, *overrides: str):
+    """The config as the Ray backend places it: GPU share first, then the grouping (ray_backend._place)."""
+    c = config(recipe, *overrides)
+    c = with_gpus(c, resolve_gpus(c, cluster_gpus)[0])
+    return with_grouping(c, resolve_grouping(c)[0])
+
+
+@pytest.mark.parametrize("recipe, cluster_gpus, groups, gpus_per_worker", [
+    ("generalist-d-small", 1, [[0, 1]], 1.0),
+    ("generalist-t-small", 1, [[0, 1, 2]], 0.9999),  # 3 x 0.3333: still fits on the one GPU
+    ("generalist-t-small", 2, [[0, 1], [2]], 1.0),  # Ray asks the same of every worker: the largest group's
+    ("generalist-t-small", 3, [[0], [1], [2]], 1.0),
+    ("generalist-t-small", 0, [[0], [1], [2]], 0.0),  # on CPUs, separate processes use separate cores
+])
+def test_the_learners_that_share_a_gpu_share_one_worker(recipe, cluster_gpus, groups, gpus_per_worker):
+    c = placed(recipe, cluster_gpus)
+    assert config_groups(c) == groups
+    cpus, gpus = worker_resources(c)
+    assert gpus == pytest.approx(gpus_per_worker, abs=1e-12)
+    assert cpus == max(map(len, groups)) * c.runtime.cpus_per_learner
+    assert len(groups) * gpus <= max(cluster_gpus, 0) + 1e-9, "the workers must fit on the cluster's GPUs"
+
+
+def test_device_cpu_never_groups_and_an_explicit_grouping_wins():
+    assert config_groups(placed("generalist-t-small", 1, "runtime.device=cpu")) == [[0], [1], [2]]
+    n, line = resolve_grouping(placed("generalist-t-small", 0, "runtime.learners_per_worker=2"))
+    assert n == 2 and "as set" in line
+    assert config_groups(placed("generalist-t-small", 0, "runtime.learners_per_worker=2")) == [[0, 1], [2]]
+    assert config_groups(placed("generalist-d-small", 0, "runtime.learners_per_worker=5")) == [[0, 1]]
+
+
+def test_worker_groups_keep_learner_order():
+    assert worker_groups(5, 2) == [[0, 1], [2, 3], [4]]
+    assert worker_groups(3, 1) == [[0], [1], [2]]
+
+
+def test_a_grouping_whose_gpu_amount_ray_refuses_is_a_clear_error():
+    c = placed("generalist-t-small", 8, "runtime.gpus_per_learner=0.75", "runtime.learners_per_worker=2")
+    with pytest.raises(ConfigError, match=r"1.5 GPUs per worker"):
+        worker_resources(c)
+
+
+def test_learners_per_worker_below_one_is_refused():
+    with pytest.raises(ConfigError, match=r"runtime.learners_per_worker must be >= 1"):
+        config("generalist-d-small", "runtime.learners_per_worker=0")
