@@ -144,7 +144,9 @@ class Heartbeat:
 
     EVERY_S = 2.0
 
-    def __init__(self, coordinator, rank: int, learner):  # a worker's learners step together: its first tells
+    def __init__(self, coordinator, rank: int, learner):
+        # A worker's learners step together (one round each, one after another): its first learner's count
+        # is the worker's progress.
         self.stopped = threading.Event()
 
         def beat() -> None:
