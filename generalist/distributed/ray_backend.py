@@ -23,6 +23,7 @@ import torch
 from ray import train as ray_train
 from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig
+from ray.train.v2._internal.exceptions import BroadcastCollectiveTimeoutError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from generalist import checkpoint as ckpt
@@ -107,8 +108,32 @@ class WorkerSink:
             ckpt.write_payloads(Path(folder), payloads, {"position": global_step})
             if self.rank == 0:
                 ckpt.write_json_atomic(Path(folder) / "state.json", {"format": ckpt.FORMAT_VERSION, **state})
-            ray_train.report({"global_step": global_step}, checkpoint=Checkpoint.from_directory(folder),
-                             checkpoint_dir_name=f"step-{global_step:010d}")
+            try:
+                ray_train.report({"global_step": global_step}, checkpoint=Checkpoint.from_directory(folder),
+                                 checkpoint_dir_name=f"step-{global_step:010d}")
+            except BroadcastCollectiveTimeoutError as error:  # Ray Train's barrier, under report_timeout_s
+                raise self._never_reached_checkpoint(global_step, error) from None
+
+    def _never_reached_checkpoint(self, global_step: int, error: BroadcastCollectiveTimeoutError) -> BackendError:
+        groups = config_groups(self.config)
+        cause = getattr(error, "cause", error)  # ray.get raises a RayTaskError that is also the cause's class
+        missing = sorted(k for rank in getattr(cause, "_missing_ranks", None) or [] for k in groups[rank])
+        who = f"learner(s) {missing}" if missing else "a peer"
+        return BackendError(
+            f"worker {self.rank}: {who} never arrived at the checkpoint of step {global_step} "
+            f"(hung or too slow) within {report_timeout_s(self.config.runtime.sync_timeout_s):.0f} s "
+            "(runtime.sync_timeout_s plus a margin for the global learner's evaluation). Raise "
+            "runtime.sync_timeout_s if a learner can take that long to evaluate.")
+
+
+# How long a worker waits in Ray Train's report barrier (abortable_trainer). The workers enter it right after a
+# sync, except that rank 0 first evaluates the global learner (and re-estimates its statistics), so the barrier
+# gets our deadline plus a margin for that evaluation.
+REPORT_MARGIN_S = 60.0
+
+
+def report_timeout_s(sync_timeout_s: float) -> float:
+    return sync_timeout_s + REPORT_MARGIN_S
 
 
 class ThrottledArrivals:
@@ -359,6 +384,7 @@ def _fit(config: GeneralistConfig, folder: RunFolder, state: dict | None, quiet:
         # gloo here, for Ray Train's own use; the mixing has a group of its own (mixing_group.new_mixing_group,
         # NCCL or gloo as decided at join) with a timeout past ours, so a hung peer is reported by name.
         torch_config=TorchConfig(backend="gloo", timeout_s=int(runtime.sync_timeout_s) + 300),
+        report_timeout_s=report_timeout_s(runtime.sync_timeout_s),
         scaling_config=ScalingConfig(num_workers=len(groups), use_gpu=use_gpu,
                                      resources_per_worker=resources, placement_strategy=runtime.placement),
         # A URI's filesystem goes to Ray Train as is (credentials, endpoint), with the path its scheme stripped.
