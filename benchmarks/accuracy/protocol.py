@@ -89,8 +89,8 @@ def train_one(name: str, recipe: str, seed: int, overrides: list[str], runs: Pat
     command = [generalist(), "train", "--recipe", recipe + scale["suffix"], "--run-dir", str(run_dir),
                "--seed", str(seed), "--backend", "local", *(["--quiet"] if scale["quiet"] else []),
                *COMMON, *scale["overrides"], *overrides]
-    if (run_dir / "config.json").exists():
-        command.append("--resume")
+    if (run_dir / "config.json").exists():  # interrupted: continue, or start over if it never checkpointed
+        command += ["--resume", "--restart-if-no-checkpoint"]
     start = time.perf_counter()
     run(command, runs / "logs" / f"{run_dir.name}.log")
     log(f"trained {run_dir.name} in {time.perf_counter() - start:.0f} s")
