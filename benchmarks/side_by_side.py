@@ -79,7 +79,8 @@ def iteration_seconds(run: Path, names: list[str], warmup: int) -> float:
 def base_overrides(recipe: str, device: str, steps: int, precision: str) -> list[str]:
     batch = get_recipe(recipe).data.batch_size
     return [f"data.train_subset={steps * batch}", "schedule.epochs=1", "data.val_size=64", "eval.n_examples=32",
-            "eval.pgd_steps=1", "mixing.sync_every=1", f"runtime.device={device}", "runtime.threads_per_learner=1",
+            "eval.pgd_steps=1", "mixing.bn_batches=4",  # validation and final model outside the iterations timed
+            "mixing.sync_every=1", f"runtime.device={device}", "runtime.threads_per_learner=1",
             "runtime.cpus_per_learner=1", f"runtime.precision={precision}"]
 
 
