@@ -15,7 +15,8 @@ changing the final weight cannot make generalist-d win at this scale: the learne
     nice -n 19 python benchmarks/accuracy/interpolation_path.py --runs runs/accuracy-cpu --seeds 0 1
 
 Reads runs/accuracy-cpu/{generalist-d,pgd-at}-seed{S}/ (checkpoints/last and final/global.pt), writes
-benchmarks/results/accuracy/converged/interpolation-path.{md,json,png}. One thread; ~15 minutes a seed.
+benchmarks/results/accuracy/converged/interpolation-path.{md,json,png}. One thread; about 10 minutes a seed on a
+loaded 2-core machine.
 """
 
 from __future__ import annotations
