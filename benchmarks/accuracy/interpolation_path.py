@@ -113,13 +113,14 @@ def path_for_seed(runs: Path, seed: int) -> dict:
     pgd_at_config = load_run_config(pgd_at)
     pgd_at_data = prepare_run_data(pgd_at_config)
     reference = {
-        "stored": score(pgd_at_config, pgd_at_data, ckpt.load_payload(pgd_at / "checkpoints" / "last", "global")["state"],
-                        eval_seed),
+        "stored": score(pgd_at_config, pgd_at_data,
+                        ckpt.load_payload(pgd_at / "checkpoints" / "last", "global")["state"], eval_seed),
         "shipped": score(pgd_at_config, pgd_at_data, ckpt.load_state_dict_file(pgd_at / "final" / "global.pt"),
                          eval_seed),
     }
     print(f"  pgd-at seed {seed}: {reference}", flush=True)
-    return {"seed": seed, "final_weights": final, "stored_global_drift": drift, "path": rows, "global": generalist_d, "pgd_at": reference,
+    return {"seed": seed, "final_weights": final, "stored_global_drift": drift, "path": rows,
+            "global": generalist_d, "pgd_at": reference,
             "points": config.eval.n_examples, "pgd_steps": config.eval.pgd_steps}
 
 
@@ -141,7 +142,8 @@ def write_table(results: list[dict], command: str) -> str:
         "",
         f"Command: `{command}`",
         "",
-        "| natural weight w | stored clean | stored PGD | re-estimated clean | re-estimated PGD | in goal box (re-est.) |",
+        "| natural weight w | stored clean | stored PGD | re-estimated clean | re-estimated PGD "
+        "| in goal box (re-est.) |",
         "|---|---|---|---|---|---|",
     ]
     reference = [r["pgd_at"]["shipped"] for r in results]
@@ -159,7 +161,8 @@ def write_table(results: list[dict], command: str) -> str:
         f"| generalist-d final global, shipped (re-estimated) | | | "
         f"{_fmt([r['global']['shipped']['clean_acc'] for r in results])} | "
         f"{_fmt([r['global']['shipped'][pgd] for r in results])} | |",
-        f"| generalist-d final global, stored statistics | {_fmt([r['global']['stored']['clean_acc'] for r in results])}"
+        "| generalist-d final global, stored statistics | "
+        f"{_fmt([r['global']['stored']['clean_acc'] for r in results])}"
         f" | {_fmt([r['global']['stored'][pgd] for r in results])} | | | |",
         f"| PGD-AT final global, shipped (re-estimated) | | | {_fmt([r['clean_acc'] for r in reference])} | "
         f"{_fmt([r[pgd] for r in reference])} | |",
