@@ -1,8 +1,9 @@
 """Ray Train's report barrier falls under our deadline: `ray.train.report` waits for every worker, with no
 timeout of its own, so a learner that hangs between the last sync and a checkpoint would hold the others there
 forever. The trainer gives the barrier runtime.sync_timeout_s plus a margin, and a worker that times out there
-says which learners never arrived, as a hung sync does. (Seen on a loaded 2-core machine: the hung-learner
-test, its learner stopped just after the epoch's last sync, waited 7 minutes for Ray's health check.)"""
+says which learners never arrived, as a hung sync does. (On a loaded 2-core machine the hung-learner test once
+waited 7 minutes for Ray's health check with rank 0 never raising; a learner stopped just after the epoch's last
+sync, in this barrier's reach only, is the likely cause.)"""
 
 from __future__ import annotations
 
