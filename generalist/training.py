@@ -139,12 +139,13 @@ def evaluate_models(config: RunConfig, data: RunData, learners: list[Learner], g
 
 
 def reestimate_global_bn(config: RunConfig, data: RunData, model: nn.Module, device: torch.device | str,
-                         tick: int) -> nn.Module:
+                         tick: int, weights: list[float] | None = None) -> nn.Module:
     """Recompute the global model's BatchNorm statistics in place from the run's first `mixing.bn_batches`
     training batches, each shared among the learners' training inputs by their weights at clock epoch `tick`
     (generalist.bn_stats.reestimate_global_bn_); the one rule training, final/global.pt and `generalist eval`
-    share."""
-    shares = [(w, learner.attack) for w, learner in zip(mixing_weights(tick, config), config.learners)]
+    share. `weights` (one per learner, in config order) replaces the schedule's, for a study of other mixes."""
+    weights = mixing_weights(tick, config) if weights is None else weights
+    shares = [(w, learner.attack) for w, learner in zip(weights, config.learners)]
     generator = torch.Generator(device=device)
     generator.manual_seed(derive_seed(config.seed, 5, tick))  # seed stream 5: BatchNorm calibration
     return reestimate_global_bn_(model, calibration_batches(data.stream, config.mixing.bn_batches, device), shares,

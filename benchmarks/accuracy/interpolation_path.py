@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,32 +31,33 @@ from pathlib import Path
 import torch
 
 from generalist import checkpoint as ckpt
-from generalist.bn_stats import calibration_batches, reestimate_global_bn_
+from generalist import mixing
 from generalist.config import load_run_config
 from generalist.data import TensorData, derive_seed
 from generalist.evaluation.validation import clean_and_pgd_accuracy, run_threats
 from generalist.mixing import clock_tick, mixing_weights
 from generalist.models import build_model
-from generalist.training import prepare_run_data
+from generalist.report import fmt
+from generalist.training import prepare_run_data, reestimate_global_bn
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results" / "accuracy" / "converged"
 WEIGHTS = [round(0.1 * k, 1) for k in range(11)]
 
 
-def interpolate(a: dict, b: dict, w: float) -> dict:
-    """(1 - w) a + w b for floating-point entries; integer buffers (num_batches_tracked) from a."""
-    return {k: (1 - w) * a[k] + w * b[k] if a[k].is_floating_point() else a[k].clone() for k in a}
+def interpolate(linf: dict, natural: dict, w: float) -> dict:
+    """The path's point w: (1 - w) linf + w natural, by the global learner's own rule (mixing.interpolate)."""
+    return mixing.interpolate([linf, natural], [1 - w, w])
 
 
-def score(config, data, state: dict, generator_seed: int) -> dict[str, float]:
-    """Clean and PGD accuracy (%) on the run's validation points, one fixed PGD generator per call."""
+def model_of(config, data, state: dict) -> torch.nn.Module:
     model = build_model(config.model.name, **data.model_kwargs)
     model.load_state_dict(state)
-    return _score_model(config, data, model, generator_seed)
+    return model
 
 
-def _score_model(config, data, model, generator_seed: int) -> dict[str, float]:
+def score(config, data, model: torch.nn.Module, generator_seed: int) -> dict[str, float]:
+    """Clean and PGD accuracy (%) on the run's validation points, one fixed PGD generator per call."""
     n = config.eval.n_examples
     generator = torch.Generator().manual_seed(generator_seed)
     accuracy = clean_and_pgd_accuracy(model, TensorData(data.val.x[:n], data.val.y[:n]), run_threats(config),
@@ -64,17 +66,12 @@ def _score_model(config, data, model, generator_seed: int) -> dict[str, float]:
     return {k: round(100 * v, 2) for k, v in accuracy.items()}
 
 
-def reestimated(config, data, state: dict, natural_weight: float, tick: int,
-                generator_seed: int) -> tuple[dict[str, float], dict]:
-    """Score `state` after the run's re-estimation rule (training.reestimate_global_bn: same batches, same
-    generator) with the shares set to (1 - w) linf points, w clean inputs instead of the run's final weights."""
-    model = build_model(config.model.name, **data.model_kwargs)
-    model.load_state_dict(state)
-    attack = {l.name: l.attack for l in config.learners}
-    generator = torch.Generator().manual_seed(derive_seed(config.seed, 5, tick))  # as reestimate_global_bn
-    reestimate_global_bn_(model, calibration_batches(data.stream, config.mixing.bn_batches, "cpu"),
-                          [(1 - natural_weight, attack["linf"]), (natural_weight, attack["natural"])], generator)
-    return _score_model(config, data, model, generator_seed), model.state_dict()
+def reestimated(config, data, state: dict, natural_weight: float, tick: int) -> torch.nn.Module:
+    """`state` as a model whose statistics the run's own rule (training.reestimate_global_bn: same batches, same
+    generator) re-estimated with the shares (1 - w) linf points, w clean inputs, not the run's final weights."""
+    weights = {"linf": 1 - natural_weight, "natural": natural_weight}
+    return reestimate_global_bn(config, data, model_of(config, data, state), "cpu", tick,
+                                [weights[learner.name] for learner in config.learners])
 
 
 def path_for_seed(runs: Path, seed: int) -> dict:
@@ -97,27 +94,27 @@ def path_for_seed(runs: Path, seed: int) -> dict:
     for w in WEIGHTS:
         t0 = time.time()
         state = interpolate(ema["linf"], ema["natural"], w)
-        est_scores, est_state = reestimated(config, data, state, w, tick, eval_seed)
-        row = {"natural_weight": w, "stored": score(config, data, state, eval_seed), "reestimated": est_scores}
+        est_model = reestimated(config, data, state, w, tick)
+        row = {"natural_weight": w, "stored": score(config, data, model_of(config, data, state), eval_seed),
+               "reestimated": score(config, data, est_model, eval_seed)}
         if w == final["natural"]:  # the shipped global, recomputed here: the same rule gives the same statistics
+            est_state = est_model.state_dict()
             row["shipped_max_abs_diff"] = max((est_state[k].double() - shipped[k].double()).abs().max().item()
                                               for k in shipped)
         rows.append(row)
         print(f"  w={w:.1f} stored {row['stored']} re-estimated {row['reestimated']} ({time.time() - t0:.0f} s)"
               + (f"; max |this - final/global.pt| {row['shipped_max_abs_diff']:.1e}" if w == final["natural"] else ""),
               flush=True)
-    generalist_d = {"stored": score(config, data, stored_global, eval_seed),
-                    "shipped": score(config, data, shipped, eval_seed)}
+    generalist_d = {"stored": score(config, data, model_of(config, data, stored_global), eval_seed),
+                    "shipped": score(config, data, model_of(config, data, shipped), eval_seed)}
     print(f"  generalist-d seed {seed} global: {generalist_d}", flush=True)
     pgd_at = runs / f"pgd-at-seed{seed}"
     pgd_at_config = load_run_config(pgd_at)
     pgd_at_data = prepare_run_data(pgd_at_config)
-    reference = {
-        "stored": score(pgd_at_config, pgd_at_data,
-                        ckpt.load_payload(pgd_at / "checkpoints" / "last", "global")["state"], eval_seed),
-        "shipped": score(pgd_at_config, pgd_at_data, ckpt.load_state_dict_file(pgd_at / "final" / "global.pt"),
-                         eval_seed),
-    }
+    pgd_at_states = {"stored": ckpt.load_payload(pgd_at / "checkpoints" / "last", "global")["state"],
+                     "shipped": ckpt.load_state_dict_file(pgd_at / "final" / "global.pt")}
+    reference = {kind: score(pgd_at_config, pgd_at_data, model_of(pgd_at_config, pgd_at_data, state), eval_seed)
+                 for kind, state in pgd_at_states.items()}
     print(f"  pgd-at seed {seed}: {reference}", flush=True)
     return {"seed": seed, "final_weights": final, "stored_global_drift": drift, "path": rows,
             "global": generalist_d, "pgd_at": reference,
@@ -147,27 +144,27 @@ def write_table(results: list[dict], command: str) -> str:
         "|---|---|---|---|---|---|",
     ]
     reference = [r["pgd_at"]["shipped"] for r in results]
-    ref_clean = _mean([r["clean_acc"] for r in reference])
-    ref_pgd = _mean([r[pgd] for r in reference])
+    ref_clean = statistics.fmean(r["clean_acc"] for r in reference)
+    ref_pgd = statistics.fmean(r[pgd] for r in reference)
     for i, w in enumerate(WEIGHTS):
         stored = [r["path"][i]["stored"] for r in results]
         est = [r["path"][i]["reestimated"] for r in results]
         in_box = all(e["clean_acc"] >= ref["clean_acc"] + 2 and e[pgd] >= ref[pgd] - 1
                      for e, ref in zip(est, reference))
-        lines.append(f"| {w:.1f} | {_fmt([s['clean_acc'] for s in stored])} | {_fmt([s[pgd] for s in stored])} | "
-                     f"{_fmt([e['clean_acc'] for e in est])} | {_fmt([e[pgd] for e in est])} | "
+        lines.append(f"| {w:.1f} | {fmt([s['clean_acc'] for s in stored])} | {fmt([s[pgd] for s in stored])} | "
+                     f"{fmt([e['clean_acc'] for e in est])} | {fmt([e[pgd] for e in est])} | "
                      f"{'yes' if in_box else 'no'} |")
     lines += [
         f"| generalist-d final global, shipped (re-estimated) | | | "
-        f"{_fmt([r['global']['shipped']['clean_acc'] for r in results])} | "
-        f"{_fmt([r['global']['shipped'][pgd] for r in results])} | |",
+        f"{fmt([r['global']['shipped']['clean_acc'] for r in results])} | "
+        f"{fmt([r['global']['shipped'][pgd] for r in results])} | |",
         "| generalist-d final global, stored statistics | "
-        f"{_fmt([r['global']['stored']['clean_acc'] for r in results])}"
-        f" | {_fmt([r['global']['stored'][pgd] for r in results])} | | | |",
-        f"| PGD-AT final global, shipped (re-estimated) | | | {_fmt([r['clean_acc'] for r in reference])} | "
-        f"{_fmt([r[pgd] for r in reference])} | |",
-        f"| PGD-AT final global, stored statistics | {_fmt([r['pgd_at']['stored']['clean_acc'] for r in results])} | "
-        f"{_fmt([r['pgd_at']['stored'][pgd] for r in results])} | | | |",
+        f"{fmt([r['global']['stored']['clean_acc'] for r in results])}"
+        f" | {fmt([r['global']['stored'][pgd] for r in results])} | | | |",
+        f"| PGD-AT final global, shipped (re-estimated) | | | {fmt([r['clean_acc'] for r in reference])} | "
+        f"{fmt([r[pgd] for r in reference])} | |",
+        f"| PGD-AT final global, stored statistics | {fmt([r['pgd_at']['stored']['clean_acc'] for r in results])} | "
+        f"{fmt([r['pgd_at']['stored'][pgd] for r in results])} | | | |",
         "",
         f"Goal box, from the mean PGD-AT shipped global: clean >= {ref_clean + 2:.2f}, PGD >= {ref_pgd - 1:.2f} "
         "(the column checks each seed against its own PGD-AT).",
@@ -180,18 +177,6 @@ def write_table(results: list[dict], command: str) -> str:
         "![clean against PGD along the path](interpolation-path.png)",
     ]
     return "\n".join(lines) + "\n"
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
-def _fmt(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    mean = _mean(values)
-    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{mean:.2f} ± {std:.2f}"
 
 
 def plot(results: list[dict], path: Path) -> None:

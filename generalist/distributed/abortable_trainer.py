@@ -53,8 +53,9 @@ class AbortableTorchTrainer(TorchTrainer):
         env_vars.setdefault(RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR, DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE)
         if self._report_timeout_s is not None:  # ours, unless the user set Ray Train's variable
             env_vars.setdefault(COLLECTIVE_TIMEOUT_S_ENV_VAR, str(self._report_timeout_s))
-        env_vars.setdefault(TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S,
-                            os.environ.get(TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S, str(PROCESS_GROUP_SHUTDOWN_TIMEOUT_S)))
+        # Not among the variables Ray Train propagates, so the user's value is read here.
+        env_vars[TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S] = os.environ.get(TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S,
+                                                                          str(PROCESS_GROUP_SHUTDOWN_TIMEOUT_S))
         controller_actor_cls = ray.remote(
             num_cpus=0,
             label_selector={ray._raylet.RAY_NODE_ID_KEY: ray.get_runtime_context().get_node_id()},
