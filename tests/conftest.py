@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -169,3 +170,54 @@ def read_jsonl(path) -> list[dict]:
     import json
 
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def _coordinator_status(ray, coordinator) -> dict | None:
+    try:
+        return ray.get(coordinator.status.remote(), timeout=20)
+    except Exception:  # noqa: BLE001 - restarting, or the run is over
+        return None
+
+
+def fault_injector(ray, plan: list[tuple[int, int | str]], since_ns: int, events: list,
+                   deadline_s: float = 900.0) -> threading.Thread:
+    """A thread that SIGKILLs, in order, each `(step, target)` of `plan` once the running group has reached that
+    global step; the target is a learner's rank or "coordinator". After each kill it waits until the run has
+    recovered (a new group joined, after a new coordinator if that one died) before the next, so every kill
+    lands in a running group. Each kill is a dict in `events`, with "recovered_s" once recovered."""
+
+    def run():
+        coordinator = coordinator_handle(ray, since_ns)
+        deadline = time.monotonic() + deadline_s
+        for step, target in plan:
+            while time.monotonic() < deadline:  # wait for the step, in a running (joined) group
+                status = _coordinator_status(ray, coordinator)
+                if status is not None and status["joins"] >= 1 and status["global_step"] >= step:
+                    break
+                time.sleep(0.05)
+            else:
+                return
+            if target == "coordinator":
+                pid = status["pid"]
+            else:
+                pid = ray.get(coordinator.learners.remote(), timeout=20).get(target, {}).get("pid")
+            if pid is None:
+                continue
+            try:
+                os.kill(pid, signal.SIGKILL)  # a real process death, as from the OOM killer
+            except ProcessLookupError:
+                continue
+            events.append({"target": target, "step": status["global_step"], "at": time.monotonic(),
+                           "incarnation": status["incarnation"], "joins": status["joins"]})
+            while time.monotonic() < deadline:
+                after = _coordinator_status(ray, coordinator)
+                if after is not None and (after["incarnation"] != status["incarnation"] and after["joins"] >= 1
+                                          or after["incarnation"] == status["incarnation"]
+                                          and after["joins"] > status["joins"]):
+                    events[-1]["recovered_s"] = time.monotonic() - events[-1]["at"]
+                    break
+                time.sleep(0.05)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread

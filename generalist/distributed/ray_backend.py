@@ -44,7 +44,7 @@ from generalist.records import (GLOBAL, EpochResult, RoundStats, accuracy_fields
                                 round_rows)
 from generalist.repro import set_determinism
 from generalist.run_folder import BestTracker, FolderSink, Resume, RunFolder, load_resume_payloads
-from generalist.storage import Location, is_uri, locate
+from generalist.storage import Location, locate
 from generalist.training import prepare_run_data, train_learners
 
 # Keep a local Ray on the loopback interface (see INSTALL notes in the README).
@@ -349,10 +349,9 @@ def with_driver_paths(config: GeneralistConfig) -> GeneralistConfig:
     """The config the workers get: the data folder the user named (data.root, else $GENERALIST_DATA) made
     absolute on the driver. Paths the user gives are the user's: a worker's working directory is Ray's session
     folder, where `../shared/data` would name another place. (The run folder and a --resume-from checkpoint are
-    made absolute by storage.locate.) URIs are left as they are."""
-    root = str(resolve_data_root(config.data.root))
-    if not is_uri(root):
-        root = os.path.abspath(root)
+    made absolute by storage.locate.) The data folder is a local folder on every node (torchvision reads it), never
+    a URI: `Path` would turn `s3://b` into `s3:/b`, so no URI branch is kept here."""
+    root = os.path.abspath(resolve_data_root(config.data.root))
     return replace(config, data=replace(config.data, root=root))
 
 

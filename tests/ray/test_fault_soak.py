@@ -10,15 +10,12 @@ benchmarks/results/fault_soak.md records one run of it.
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import threading
 import time
 
 import pytest
 
-from conftest import assert_same_tensors, coordinator_handle, final_global, read_jsonl
+from conftest import assert_same_tensors, fault_injector, final_global, read_jsonl
 from generalist.distributed import train
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
@@ -27,55 +24,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 RUNS = [("generalist-d-small", 4), ("generalist-t-small", 4), ("generalist-d-small", 4),
         ("generalist-t-small", 4), ("generalist-d-small", 4), ("generalist-t-small", 4)]
 OVERRIDES = ("schedule.epochs=3", "runtime.checkpoint_every_rounds=2", "data.train_subset=1280")
-
-
-def _status(ray, coordinator) -> dict | None:
-    try:
-        return ray.get(coordinator.status.remote(), timeout=20)
-    except Exception:  # noqa: BLE001 - restarting, or the run is over
-        return None
-
-
-def _killer(ray, seed: int, kills: int, total_steps: int, k: int, events: list, since: int) -> threading.Thread:
-    rng = random.Random(seed)
-    targets = [rng.choice(["coordinator", *range(k)]) for _ in range(kills)]
-    steps = sorted(rng.sample(range(3, total_steps - 6), kills))
-
-    def run():
-        coordinator = coordinator_handle(ray, since)
-        deadline = time.monotonic() + 900
-        for target, step in zip(targets, steps):
-            while time.monotonic() < deadline:  # wait for the step, in a running (joined) group
-                status = _status(ray, coordinator)
-                if status is not None and status["joins"] >= 1 and status["global_step"] >= step:
-                    break
-                time.sleep(0.05)
-            else:
-                return
-            if target == "coordinator":
-                pid = status["pid"]
-            else:
-                pid = ray.get(coordinator.learners.remote(), timeout=20).get(target, {}).get("pid")
-            if pid is None:
-                continue
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                continue
-            events.append({"target": target, "step": status["global_step"], "at": time.monotonic(),
-                           "incarnation": status["incarnation"], "joins": status["joins"]})
-            while time.monotonic() < deadline:  # recovered: a new group joined (after a new coordinator, if it died)
-                after = _status(ray, coordinator)
-                if after is not None and (after["incarnation"] != status["incarnation"] and after["joins"] >= 1
-                                          or after["incarnation"] == status["incarnation"]
-                                          and after["joins"] > status["joins"]):
-                    events[-1]["recovered_s"] = time.monotonic() - events[-1]["at"]
-                    break
-                time.sleep(0.05)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
 
 
 def test_twenty_kills_of_learners_and_the_coordinator_leave_every_run_byte_identical(tiny, tmp_path, local_ray):
@@ -91,7 +39,10 @@ def test_twenty_kills_of_learners_and_the_coordinator_leave_every_run_byte_ident
             walls_unkilled[recipe] = time.monotonic() - started
         events: list[dict] = []
         total_steps = 3 * (1280 // config.data.batch_size)
-        killer = _killer(local_ray, 1000 + index, kills, total_steps, len(config.learners), events, time.time_ns())
+        rng = random.Random(1000 + index)  # the draws in this order give the kills of fault_soak.md
+        targets = [rng.choice(["coordinator", *range(len(config.learners))]) for _ in range(kills)]
+        plan = list(zip(sorted(rng.sample(range(3, total_steps - 6), kills)), targets))
+        killer = fault_injector(local_ray, plan, time.time_ns(), events)
         started = time.monotonic()
         train(tiny(recipe, *OVERRIDES, "runtime.backend=ray", f"runtime.max_failures={kills + 2}"),
               tmp_path / f"ray-{index}", quiet=True)

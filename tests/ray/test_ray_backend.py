@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import assert_same_tensors, coordinator_handle, final_global, read_jsonl
+from conftest import assert_same_tensors, coordinator_handle, fault_injector, final_global, read_jsonl
 from generalist.distributed import train
 from generalist.errors import BackendError, TrainingDiverged
 
@@ -30,13 +30,21 @@ ONE_WORKER = ("runtime.learners_per_worker=3", "runtime.device=cpu")  # a device
 TWO_WORKERS = ("runtime.learners_per_worker=2", "runtime.device=cpu")  # [[natural, linf], [l2]]: two slots each
 
 
-@pytest.mark.parametrize("recipe,sync_every,extra", [("generalist-d-small", 1, ()),
-                                                     ("generalist-t-small", 1, ONE_WORKER),
-                                                     ("generalist-t-small", 3, TWO_WORKERS),
-                                                     ("generalist-d-small", 3, STEP_CLOCK)],
-                         ids=["d-sync1", "t-sync1-one-worker", "t-sync3-two-learners-share-a-worker",
-                              "d-sync3-step-clock-reestimated-bn"])
-def test_ray_run_gives_the_same_global_weights_as_the_in_process_backend(tiny, tmp_path, recipe, sync_every, extra):
+# Two learners on half a (logical) GPU each share one worker that asks for one GPU; with no CUDA device behind
+# Ray's logical GPUs (runtime.device=auto) the worker trains on its CPU.
+HALF_A_GPU_EACH = ("runtime.gpus_per_learner=0.5",)
+
+
+# The ungrouped collective path (one learner a worker) is compared with in-process by
+# test_each_learner_actor_gets_its_own_gpu_and_the_run_equals_in_process and by the fault-injection test.
+@pytest.mark.parametrize("recipe,sync_every,extra,learners_per_worker",
+                         [("generalist-t-small", 1, ONE_WORKER, 3),
+                          ("generalist-t-small", 3, TWO_WORKERS, 2),
+                          ("generalist-d-small", 3, (*STEP_CLOCK, *HALF_A_GPU_EACH), 2)],
+                         ids=["t-sync1-one-worker", "t-sync3-two-learners-share-a-worker",
+                              "d-sync3-step-clock-reestimated-bn-half-a-gpu-each"])
+def test_ray_run_gives_the_same_global_weights_as_the_in_process_backend(tiny, tmp_path, recipe, sync_every, extra,
+                                                                        learners_per_worker):
     """The collective path (broadcast before mix_start, all-gather after, redistribution) against in-process,
     also with learners grouped in workers (K = 3 in every grouping: tests/unit/test_collective_sync.py)."""
     config = tiny(recipe, "schedule.epochs=2", f"mixing.sync_every={sync_every}", *extra)
@@ -45,21 +53,22 @@ def test_ray_run_gives_the_same_global_weights_as_the_in_process_backend(tiny, t
     train(ray_config, tmp_path / "ray", quiet=True)
     assert_same_tensors(final_global(tmp_path / "local"), final_global(tmp_path / "ray"))
     placement = json.loads((tmp_path / "ray" / "metadata.json").read_text())["placement"]
-    grouped = [int(o.split("=")[1]) for o in extra if o.startswith("runtime.learners_per_worker=")]
-    assert placement["learners_per_worker"] == (grouped or [1])[0], placement  # the grouping ran as asked
+    assert placement["learners_per_worker"] == learners_per_worker, placement  # the grouping ran as asked
     # Both backends stream the same metric tables.
     for table in ("rounds", "epochs"):
         assert (tmp_path / "ray" / "metrics" / f"{table}.parquet").is_file()
 
 
-def test_each_learner_actor_gets_its_own_gpu(tiny, tmp_path, local_ray):
-    config = tiny("generalist-t-small", "schedule.epochs=1", "runtime.backend=ray", "runtime.gpus_per_learner=1",
-                  "runtime.device=cpu")
+def test_each_learner_actor_gets_its_own_gpu_and_the_run_equals_in_process(tiny, tmp_path, local_ray):
+    """One learner a worker, each asking for a (logical) GPU: the collective path between workers, K = 3."""
+    overrides = ("schedule.epochs=2", "mixing.sync_every=1", "runtime.gpus_per_learner=1", "runtime.device=cpu")
+    train(tiny("generalist-t-small", *overrides), tmp_path / "local", quiet=True)
     seen = {}
 
     def watch():
         coordinator = coordinator_handle(local_ray)
-        for _ in range(600):
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
             learners = local_ray.get(coordinator.learners.remote())
             if len(learners) == 3:
                 seen.update(learners)
@@ -68,52 +77,37 @@ def test_each_learner_actor_gets_its_own_gpu(tiny, tmp_path, local_ray):
 
     watcher = threading.Thread(target=watch)
     watcher.start()
-    train(config, tmp_path / "run", quiet=True)
+    train(tiny("generalist-t-small", *overrides, "runtime.backend=ray"), tmp_path / "ray", quiet=True)
     watcher.join()
     gpu_ids = [tuple(seen[k]["gpus"]) for k in range(3)]
     assert all(len(ids) == 1 for ids in gpu_ids), gpu_ids
     assert len(set(gpu_ids)) == 3, f"learners share GPUs: {gpu_ids}"
+    assert_same_tensors(final_global(tmp_path / "local"), final_global(tmp_path / "ray"))
+    placement = json.loads((tmp_path / "ray" / "metadata.json").read_text())["placement"]
+    assert placement["learners_per_worker"] == 1, placement
 
 
-def test_more_learners_than_gpus_is_a_clear_error_unless_gpus_are_fractional(tiny, tmp_path):
+def test_more_learners_than_gpus_is_a_clear_error(tiny, tmp_path):
+    # (Fractional GPUs, which let learners share one: the half-a-gpu-each parity case above.)
     too_many = tiny("generalist-t-small", "runtime.backend=ray", "runtime.gpus_per_learner=2", "runtime.device=cpu")
     with pytest.raises(BackendError, match=r"asked for 6 GPUs .* the cluster has 3"):
         train(too_many, tmp_path / "a", quiet=True)
-    # Two learners on half a (logical) GPU each share one worker that asks for one GPU; with no CUDA device
-    # behind Ray's logical GPUs (runtime.device=auto) the worker trains on its CPU.
-    fractional = tiny("generalist-d-small", "schedule.epochs=1", "runtime.backend=ray",
-                      "runtime.gpus_per_learner=0.5")
-    train(fractional, tmp_path / "b", quiet=True)
-    assert (tmp_path / "b" / "final" / "global.pt").is_file()
-    placement = json.loads((tmp_path / "b" / "metadata.json").read_text())["placement"]
-    assert placement["learners_per_worker"] == 2 and "1 worker(s) for 2 learner(s)" in placement["grouping"]
 
 
-def test_a_killed_learner_is_restarted_from_the_last_checkpoint_and_the_run_ends_bit_identical(
+def test_killed_learners_and_a_killed_coordinator_are_restarted_and_the_run_ends_bit_identical(
         tiny, tmp_path, local_ray):
+    """Three deaths in one run (each after the run recovered from the one before): a learner mid-epoch 1, the
+    coordinator, then the other learner inside epoch 2. The learners restart from the last checkpoint; a new
+    coordinator takes over the running learners. tests/ray/test_fault_soak.py (slow) kills 24 times."""
     overrides = ("schedule.epochs=3", "runtime.checkpoint_every_rounds=3")
     train(tiny("generalist-d-small", *overrides), tmp_path / "local", quiet=True)
-    kills = []
-
-    def kill_learner_at(steps: list[int]):
-        coordinator = coordinator_handle(local_ray)
-        for target, rank in zip(steps, (1, 0)):
-            while True:
-                status = local_ray.get(coordinator.drain.remote())
-                if status["global_step"] >= target:
-                    break
-                time.sleep(0.05)
-            pid = local_ray.get(coordinator.learners.remote())[rank]["pid"]
-            os.kill(pid, signal.SIGKILL)  # a real process death, as from the OOM killer
-            kills.append((rank, status["global_step"]))
-            time.sleep(3)
-
-    killer = threading.Thread(target=kill_learner_at, args=([7, 19],))  # mid-epoch 1, then inside epoch 2
-    killer.start()
+    events: list[dict] = []
+    killer = fault_injector(local_ray, [(7, 1), (13, "coordinator"), (19, 0)], time.time_ns(), events)
     train(tiny("generalist-d-small", *overrides, "runtime.backend=ray", "runtime.max_failures=3"),
           tmp_path / "ray", quiet=True)
-    killer.join()
-    assert len(kills) == 2, kills
+    killer.join(timeout=60)
+    assert [e["target"] for e in events] == [1, "coordinator", 0], events
+    assert all("recovered_s" in e for e in events), events
     assert_same_tensors(final_global(tmp_path / "local"), final_global(tmp_path / "ray"))
     rows = [(r["learner"], r["global_step"]) for r in read_jsonl(tmp_path / "ray" / "metrics" / "rounds.jsonl")]
     assert len(rows) == len(set(rows)), "rounds re-run after a restart were logged twice"
@@ -174,25 +168,6 @@ def watch_coordinator(ray, until, action=None, seen: list | None = None) -> thre
     return thread
 
 
-def test_a_killed_coordinator_is_restarted_with_the_learners_and_the_run_ends_bit_identical(tiny, tmp_path, local_ray):
-    overrides = ("schedule.epochs=3", "runtime.checkpoint_every_rounds=3")
-    train(tiny("generalist-d-small", *overrides), tmp_path / "local", quiet=True)
-    killed = []
-
-    def kill(coordinator, status):
-        os.kill(status["pid"], signal.SIGKILL)  # the coordinator's process, mid-epoch 1
-        killed.append(status["global_step"])
-
-    watcher = watch_coordinator(local_ray, lambda s: s["global_step"] >= 7, kill)
-    train(tiny("generalist-d-small", *overrides, "runtime.backend=ray", "runtime.max_failures=1"),
-          tmp_path / "ray", quiet=True)
-    watcher.join()
-    assert killed, "the coordinator was never killed"
-    assert_same_tensors(final_global(tmp_path / "local"), final_global(tmp_path / "ray"))
-    rows = [(r["learner"], r["global_step"]) for r in read_jsonl(tmp_path / "ray" / "metrics" / "rounds.jsonl")]
-    assert len(rows) == len(set(rows)), "rounds re-run after the restart were logged twice"
-
-
 def test_a_diverging_learner_ends_the_run_at_once_without_retries(tiny, tmp_path, local_ray):
     seen: list[dict] = []
     watcher = watch_coordinator(local_ray, lambda s: s["fatal"] is not None, seen=seen)
@@ -224,23 +199,18 @@ def test_a_group_that_fails_too_often_names_the_learner_and_its_exception(tiny, 
     assert "memory" not in message.lower() and "\n" not in message, message
 
 
-@pytest.mark.parametrize("how", ["data.root", "GENERALIST_DATA"])
-def test_relative_data_and_run_paths_are_the_users_not_the_workers(tiny, tmp_path, data_root, monkeypatch, how):
-    """A relative data folder (given in the config or in $GENERALIST_DATA) and a relative run folder mean the
-    driver's working directory; the workers run in Ray's session folder and get them resolved."""
+def test_relative_data_and_run_paths_are_the_users_not_the_workers(tiny, tmp_path, data_root, monkeypatch):
+    """A relative data folder and a relative run folder mean the driver's working directory; the workers run in
+    Ray's session folder and get them resolved. ($GENERALIST_DATA, relative, goes through the same
+    ray_backend.with_driver_paths: tests/unit/test_driver_paths.py.)"""
     monkeypatch.chdir(tmp_path)
     relative = os.path.relpath(data_root, tmp_path)
     assert not os.path.isabs(relative)
     config = tiny("generalist-d-small", "schedule.epochs=1", "runtime.backend=ray")
-    if how == "data.root":
-        config = config.__class__.from_dict({**config.to_dict(), "data": {**config.to_dict()["data"], "root": relative}})
-    else:
-        config = config.__class__.from_dict({**config.to_dict(), "data": {**config.to_dict()["data"], "root": None}})
-        monkeypatch.setenv("GENERALIST_DATA", relative)
+    config = config.__class__.from_dict({**config.to_dict(), "data": {**config.to_dict()["data"], "root": relative}})
     train(config, "run", quiet=True)
     assert (tmp_path / "run" / "final" / "global.pt").is_file()
-    # What the user wrote is what config.json keeps.
-    assert read_config_root(tmp_path / "run") == (relative if how == "data.root" else None)
+    assert read_config_root(tmp_path / "run") == relative  # what the user wrote is what config.json keeps
 
 
 def read_config_root(run) -> str | None:
