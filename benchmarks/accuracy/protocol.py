@@ -218,14 +218,17 @@ def write_study(runs: Path, results: Path, ablations: bool, seeds: list[int]) ->
     log(f"{len(combined)} evaluated runs: {results / stem}.md")
 
 
-def write_converged_study(runs: Path, results: Path, recipes: list[str], seeds: list[int]) -> None:
-    """converged/study.md: one table per checkpoint (final, best on validation), their trade-off plots, and
-    the training curves of seed 0 of each Generalist recipe."""
+def write_converged_study(runs: Path, results: Path, recipes: list[str], seeds: list[int],
+                          study: str = "study") -> None:
+    """converged/<study>.md: one table per checkpoint (final, best on validation), their trade-off plots, and
+    the training curves of seed 0 of each Generalist recipe. `study` names the file, so that the multi-norm
+    recipes' tables (study-multinorm) sit beside generalist-d's (study) instead of over them."""
     from generalist.report import load_run, plot_curves
 
     results.mkdir(parents=True, exist_ok=True)
     lines = ["# Reproduction study: converged CPU scale", "",
-             f"Written by `python benchmarks/accuracy/protocol.py --scale cpu --phase table` on "
+             f"Written by `python benchmarks/accuracy/protocol.py --scale cpu --phase table --recipes "
+             f"{' '.join(recipes)}{'' if study == 'study' else ' --study ' + study}` on "
              f"{time.strftime('%Y-%m-%d')} from the run folders in runs/accuracy-cpu/ (the budget, the pilot and the "
              "commands: [README.md](README.md)). Test points: the first N CIFAR-10 test images (column `points`). "
              "Each threat column is the per-point worst case over every evaluation of that checkpoint (last column: "
@@ -255,7 +258,7 @@ def write_converged_study(runs: Path, results: Path, recipes: list[str], seeds: 
             continue
         found = True
         threats = [t for t in tables.THREATS if any(t in c.robust for c in combined)]
-        plot = tables.plot_tradeoff(combined, results / f"study-tradeoff-{checkpoint}.png",
+        plot = tables.plot_tradeoff(combined, results / f"{study}-tradeoff-{checkpoint}.png",
                                     ["Linf"] if threats == ["Linf"] else [*threats, "union"],
                                     f"{checkpoint} checkpoint: clean vs robust accuracy, mean ± std over seeds "
                                     "(CIFAR-10, converged CPU scale)", off_plot=("natural",))
@@ -275,8 +278,8 @@ def write_converged_study(runs: Path, results: Path, recipes: list[str], seeds: 
             curves.append(plot_curves(load_run(run_dir), results / f"curves-{name}-seed{seeds[0]}.png"))
     if curves:
         lines += ["## Training curves", ""] + [f"![{c.stem}]({c.name})" for c in curves] + [""]
-    (results / "study.md").write_text("\n".join(lines))
-    log(f"tables: {results / 'study.md'}")
+    (results / f"{study}.md").write_text("\n".join(lines))
+    log(f"tables: {results / (study + '.md')}")
 
 
 def main() -> None:
@@ -293,6 +296,9 @@ def main() -> None:
     parser.add_argument("--autoattack", default="standard")
     parser.add_argument("--runs", help="run folders (default: the scale's, under runs/)")
     parser.add_argument("--results", help="results folder (default: the scale's, under benchmarks/results/)")
+    parser.add_argument("--study", default="study",
+                        help="--scale cpu: the tables' file name in the results folder (study-multinorm: the "
+                             "multi-norm recipes')")
     args = parser.parse_args()
     scale = SCALES[args.scale]
     runs, results = Path(args.runs or REPO / scale["runs"]), Path(args.results or REPO / scale["results"])
@@ -327,7 +333,7 @@ def main() -> None:
                 failures.append(f"{job[0]}-seed{job[2]}: {error}")
                 log(f"FAILED {failures[-1]}")
     if args.scale == "cpu":
-        write_converged_study(runs, results, args.recipes, args.seeds)
+        write_converged_study(runs, results, args.recipes, args.seeds, args.study)
     else:
         write_study(runs, results, ablations=args.ablations, seeds=args.seeds)
     if failures:

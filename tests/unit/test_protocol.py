@@ -50,3 +50,30 @@ def test_a_finished_run_is_not_trained_again(tmp_path, monkeypatch):
         (run_dir / "final" / "global.pt").write_bytes(b"")
 
     assert commands_of_train_one(tmp_path, monkeypatch, finished) == []
+
+
+def test_the_multi_norm_tables_sit_beside_the_generalist_d_tables_not_over_them(tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    protocol = load_protocol()
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    results.mkdir()
+    (results / "study.md").write_text("the generalist-d study")
+    for name, robust in (("generalist-mn", [True, True, False, False]), ("max", [True, False, False, False])):
+        folder = runs / f"{name}-seed0" / "eval" / protocol.eval_tag("standard", ["Linf", "L2"])
+        folder.mkdir(parents=True)
+        pq.write_table(pa.table({"index": [0, 1, 2, 3], "model": ["global"] * 4, "clean_correct": [True] * 4,
+                                 "Linf_robust": robust, "L2_robust": robust}), folder / "points.parquet")
+        (folder / "eval.json").write_text(json.dumps({"threats": {t: {"pgd_acc": "0", "autoattack_acc": "0"}
+                                                                  for t in ("Linf", "L2")}}))
+
+    protocol.write_converged_study(runs, results, ["generalist-mn", "max"], [0], study="study-multinorm")
+
+    assert (results / "study.md").read_text() == "the generalist-d study"
+    written = (results / "study-multinorm.md").read_text()
+    assert "--recipes generalist-mn max --study study-multinorm" in written
+    assert "generalist-mn - max" in written  # the paired difference the multi-norm claim is about
+    assert (results / "study-multinorm-tradeoff-final.png").is_file()
