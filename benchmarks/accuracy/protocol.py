@@ -18,6 +18,8 @@ Every step is resumable: a finished run or evaluation is skipped, an interrupted
     python benchmarks/accuracy/protocol.py --phase table          # rebuild tables from what has finished
     nice -n 19 python benchmarks/accuracy/protocol.py --scale cpu --recipes pgd-at generalist-d trades natural \
         --threats Linf                                              # the converged Generalist-D claim
+    nice -n 19 python benchmarks/accuracy/protocol.py --scale cpu --recipes generalist-mn max avg generalist-t \
+        --threats Linf L2 --study study-multinorm                   # the converged multi-norm claim
 
 Each run's eval.json, summary.json, config.json and per-epoch metrics (epochs.jsonl) are copied to
 RESULTS/runs/NAME/ (never the weights), and the tables to RESULTS/.
@@ -271,11 +273,13 @@ def write_converged_study(runs: Path, results: Path, recipes: list[str], seeds: 
         log("nothing evaluated yet: no table")
         return
     curves = []
-    # pgd-at seed 0 was the pilot: its validation curve is what the 30-epoch budget was chosen on.
+    # Every Generalist run, and pgd-at's (seed 0 was the pilot: its validation curve is what the 30-epoch budget
+    # was chosen on).
     for name in [r for r in recipes if r in tables.GENERALIST or r == "pgd-at"]:
-        run_dir = runs / f"{name}-seed{seeds[0]}"
-        if (run_dir / "final" / "summary.json").exists():
-            curves.append(plot_curves(load_run(run_dir), results / f"curves-{name}-seed{seeds[0]}.png"))
+        for seed in seeds:
+            run_dir = runs / f"{name}-seed{seed}"
+            if (run_dir / "final" / "summary.json").exists():
+                curves.append(plot_curves(load_run(run_dir), results / f"curves-{name}-seed{seed}.png"))
     if curves:
         lines += ["## Training curves", ""] + [f"![{c.stem}]({c.name})" for c in curves] + [""]
     (results / f"{study}.md").write_text("\n".join(lines))
