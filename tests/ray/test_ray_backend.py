@@ -97,8 +97,9 @@ def test_more_learners_than_gpus_is_a_clear_error(tiny, tmp_path):
 def test_killed_learners_and_a_killed_coordinator_are_restarted_and_the_run_ends_bit_identical(
         tiny, tmp_path, local_ray):
     """Three deaths in one run (each after the run recovered from the one before): a learner mid-epoch 1, the
-    coordinator, then the other learner inside epoch 2. The learners restart from the last checkpoint; a new
-    coordinator takes over the running learners. tests/ray/test_fault_soak.py (slow) kills 24 times."""
+    coordinator, then the other learner inside epoch 2. Ray restarts a dead learner's group and a dead coordinator
+    (whose new incarnation the learners meet at their next checkpoint or epoch end, and fail over from); every
+    restart loads the last checkpoint. tests/ray/test_fault_soak.py (slow) kills 24 times."""
     overrides = ("schedule.epochs=3", "runtime.checkpoint_every_rounds=3")
     train(tiny("generalist-d-small", *overrides), tmp_path / "local", quiet=True)
     events: list[dict] = []
