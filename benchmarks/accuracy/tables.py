@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import textwrap
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,7 +224,9 @@ def plot_tradeoff(runs: list[Combined], path: Path, panels: list[str], title: st
         ax.margins(0.12)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center right", fontsize=9, frameon=False)
-    fig.suptitle(title + ("\n" + "; ".join(notes) if notes else ""), fontsize=10)
+    # Wrapped to the figure's width (about 12 characters an inch at this size): a one-panel figure clipped it.
+    lines = [title, "; ".join(notes)] if notes else [title]
+    fig.suptitle("\n".join(textwrap.fill(line, int(fig.get_figwidth() * 12)) for line in lines), fontsize=10)
     fig.tight_layout(rect=(0, 0, 1 - 2.0 / fig.get_figwidth(), 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
