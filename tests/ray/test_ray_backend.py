@@ -207,8 +207,7 @@ def test_relative_data_and_run_paths_are_the_users_not_the_workers(tiny, tmp_pat
     monkeypatch.chdir(tmp_path)
     relative = os.path.relpath(data_root, tmp_path)
     assert not os.path.isabs(relative)
-    config = tiny("generalist-d-small", "schedule.epochs=1", "runtime.backend=ray")
-    config = config.__class__.from_dict({**config.to_dict(), "data": {**config.to_dict()["data"], "root": relative}})
+    config = tiny("generalist-d-small", "schedule.epochs=1", "runtime.backend=ray", f'data.root="{relative}"')
     train(config, "run", quiet=True)
     assert (tmp_path / "run" / "final" / "global.pt").is_file()
     assert read_config_root(tmp_path / "run") == relative  # what the user wrote is what config.json keeps

@@ -12,19 +12,15 @@ from conftest import tiny_config
 from generalist.distributed.ray_backend import with_driver_paths
 
 
-def with_root(config, root):
-    return config.__class__.from_dict({**config.to_dict(), "data": {**config.to_dict()["data"], "root": root}})
-
-
 @pytest.mark.parametrize("how", ["data.root", "GENERALIST_DATA"])
 def test_a_relative_data_folder_is_made_absolute_against_the_drivers_working_directory(tmp_path, monkeypatch, how):
     (tmp_path / "data").mkdir()
     (tmp_path / "driver").mkdir()
     monkeypatch.chdir(tmp_path / "driver")
     if how == "data.root":
-        config = with_root(tiny_config("generalist-d-small"), "../data")
+        config = tiny_config("generalist-d-small", 'data.root="../data"')
     else:
-        config = with_root(tiny_config("generalist-d-small"), None)
+        config = tiny_config("generalist-d-small", "data.root=null")
         monkeypatch.setenv("GENERALIST_DATA", "../data")
     shipped = with_driver_paths(config)
     assert os.path.isabs(shipped.data.root)
@@ -34,4 +30,5 @@ def test_a_relative_data_folder_is_made_absolute_against_the_drivers_working_dir
 
 def test_an_absolute_folder_is_shipped_as_given(tmp_path, monkeypatch):
     monkeypatch.delenv("GENERALIST_DATA", raising=False)
-    assert with_driver_paths(with_root(tiny_config("generalist-d-small"), str(tmp_path))).data.root == str(tmp_path)
+    config = tiny_config("generalist-d-small", data_root=tmp_path)
+    assert with_driver_paths(config).data.root == str(tmp_path)
