@@ -30,7 +30,7 @@ PYEOF
 }
 for seed in "$@"; do
   nice -n 19 "$PY" benchmarks/accuracy/protocol.py --scale cpu --phase train --recipes "${recipes[@]}" \
-      --seeds "$seed" --jobs 2 --threats "${threats[@]}"
+      --seeds "$seed" --jobs 2 --threats "${threats[@]}" --study "$study"
   for recipe in "${recipes[@]}"; do
     (evaluate "$recipe" "$seed" final auto "${threats[@]}"; evaluate "$recipe" "$seed" best auto "${threats[@]}") &
     (evaluate "$recipe" "$seed" last saved "${threats[@]}"; evaluate "$recipe" "$seed" best saved "${threats[@]}") &

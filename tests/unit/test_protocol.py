@@ -52,16 +52,13 @@ def test_a_finished_run_is_not_trained_again(tmp_path, monkeypatch):
     assert commands_of_train_one(tmp_path, monkeypatch, finished) == []
 
 
-def test_the_multi_norm_tables_sit_beside_the_generalist_d_tables_not_over_them(tmp_path):
+def evaluated_multi_norm_runs(protocol, runs: Path) -> None:
+    """Seed 0 of generalist-mn and max, each with one final evaluation (Linf and L2) of four points."""
     import json
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    protocol = load_protocol()
-    runs, results = tmp_path / "runs", tmp_path / "results"
-    results.mkdir()
-    (results / "study.md").write_text("the generalist-d study")
     for name, robust in (("generalist-mn", [True, True, False, False]), ("max", [True, False, False, False])):
         folder = runs / f"{name}-seed0" / "eval" / protocol.eval_tag("standard", ["Linf", "L2"])
         folder.mkdir(parents=True)
@@ -70,6 +67,14 @@ def test_the_multi_norm_tables_sit_beside_the_generalist_d_tables_not_over_them(
         (folder / "eval.json").write_text(json.dumps({"threats": {t: {"pgd_acc": "0", "autoattack_acc": "0"}
                                                                   for t in ("Linf", "L2")}}))
 
+
+def test_the_multi_norm_tables_sit_beside_the_generalist_d_tables_not_over_them(tmp_path):
+    protocol = load_protocol()
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    results.mkdir()
+    (results / "study.md").write_text("the generalist-d study")
+    evaluated_multi_norm_runs(protocol, runs)
+
     protocol.write_converged_study(runs, results, ["generalist-mn", "max"], [0], study="study-multinorm")
 
     assert (results / "study.md").read_text() == "the generalist-d study"
@@ -77,3 +82,19 @@ def test_the_multi_norm_tables_sit_beside_the_generalist_d_tables_not_over_them(
     assert "--recipes generalist-mn max --study study-multinorm" in written
     assert "generalist-mn - max" in written  # the paired difference the multi-norm claim is about
     assert (results / "study-multinorm-tradeoff-final.png").is_file()
+
+
+def test_a_train_phase_writes_no_table_over_a_published_study(tmp_path, monkeypatch):
+    protocol = load_protocol()
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "study.md").write_text("the generalist-d study")
+    evaluated_multi_norm_runs(protocol, tmp_path / "runs")  # what made the chain's train phase write a table
+    monkeypatch.setattr(protocol, "train_one", lambda name, recipe, seed, overrides, runs, scale: runs / name)
+    monkeypatch.setattr(protocol, "publish", lambda run_dir, results: None)
+    monkeypatch.setattr(sys, "argv", ["protocol.py", "--scale", "cpu", "--phase", "train", "--recipes",
+                                      "generalist-mn", "max", "--seeds", "0", "--runs", str(tmp_path / "runs"),
+                                      "--results", str(results)])
+    protocol.main()
+    assert sorted(p.name for p in results.iterdir()) == ["study.md"]
+    assert (results / "study.md").read_text() == "the generalist-d study"
