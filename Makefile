@@ -44,12 +44,16 @@ run: venv
 	GENERALIST_DATA=$(DATA) $(VENV)/bin/generalist train --recipe $(RECIPE) --run-dir $(RUN_DIR) \
 		data.download=$(DOWNLOAD)
 
-## The tests (CPU; slow and GPU tests are behind markers).
+## The tests (CPU; slow and GPU tests are behind markers), in TEST_WORKERS processes (pytest-xdist). A test file
+## stays in one process (--dist loadfile), so its module fixtures and its local Ray are made once; much of a Ray
+## test is waiting (processes starting, deadlines polled), and the other process's tests use that core meanwhile.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 test: venv
-	GENERALIST_DATA=$(DATA) GENERALIST_TEST_DATA=$(DATA) $(PY) -m pytest -q
+	GENERALIST_DATA=$(DATA) GENERALIST_TEST_DATA=$(DATA) $(PYTEST)
 
 test-all: venv
-	GENERALIST_DATA=$(DATA) GENERALIST_TEST_DATA=$(DATA) $(PY) -m pytest -q -m "not gpu"
+	GENERALIST_DATA=$(DATA) GENERALIST_TEST_DATA=$(DATA) $(PYTEST) -m "not gpu"
 
 clean-venv:
 	rm -rf $(VENV)
