@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -86,6 +87,22 @@ def local_ray():
 # --- a real `ray start --head` (tests/ray/test_driver_and_jobs.py, test_deploy_jobs.py) -----------------
 
 RAY_BIN = Path(sys.executable).parent / "ray"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now. A head node given fixed ports, or Ray's default ones (the dashboard agent's
+    52365), cannot start its job agent while another Ray on this machine holds them: the other test process's
+    local Ray, under `make test`'s two processes."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def head_node_ports() -> tuple[int, list[str]]:
+    """The dashboard port and the `ray start --head` flags that give every listening port of the head a free one."""
+    dashboard = free_port()
+    return dashboard, [f"--port={free_port()}", f"--dashboard-port={dashboard}",
+                       f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}"]
 
 
 def wait_for_job_agent(address: str, env: dict, *, deadline_s: float = 600.0, head=None) -> None:

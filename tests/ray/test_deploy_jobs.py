@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import stop_processes_of, wait_for_job_agent
+from conftest import head_node_ports, stop_processes_of, wait_for_job_agent
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -29,12 +28,6 @@ pytestmark = pytest.mark.slow
 TINY = ["model.name=small-cnn", "runtime.device=cpu", "data.train_subset=640", "data.val_size=200",
         "data.batch_size=64", "eval.n_examples=50", "eval.pgd_steps=3", "schedule.epochs=2",
         "learners.linf.attack.steps=3", "mixing.redistribute_every=1", "runtime.sync_timeout_s=300"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(argv: list[str], env: dict, timeout_s: float = 600) -> subprocess.CompletedProcess:
@@ -49,11 +42,10 @@ def cluster():
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex}
     env.pop("RAY_ADDRESS", None)
-    dashboard = free_port()
+    dashboard, ports = head_node_ports()
     head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={free_port()}",
-         f"--ray-client-server-port={free_port()}", "--num-cpus=4", "--num-gpus=3", "--disable-usage-stats",
+        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", *ports,
+         "--dashboard-host=127.0.0.1", "--num-cpus=4", "--num-gpus=3", "--disable-usage-stats",
          f"--temp-dir={temp_dir}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import stop_processes_of, wait_for_job_agent
+from conftest import head_node_ports, stop_processes_of, wait_for_job_agent
 from generalist.checkpoint import load_state_dict_file
 from generalist.distributed import train
 
@@ -63,28 +63,30 @@ def ray_head(tmp_path, data_root):
     """A real head node on 127.0.0.1 whose job agent is up, stopped by the test whatever happens."""
     head_env = {**env(data_root), "RAY_AUTH_MODE": "token"}
     ray_tmp = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
+    dashboard, ports = head_node_ports()
     try:
-        start = subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", "--port=6390",
-                                "--dashboard-host=127.0.0.1", "--dashboard-port=8275", "--num-cpus=2",
-                                "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
-                               env=head_env, capture_output=True, text=True, timeout=600)
+        start = subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", *ports,
+                                "--dashboard-host=127.0.0.1", "--num-cpus=2", "--disable-usage-stats",
+                                f"--temp-dir={ray_tmp}"], env=head_env, capture_output=True, text=True, timeout=600)
         assert start.returncode == 0, start.stderr[-2000:]
-        wait_for_job_agent("http://127.0.0.1:8275", head_env, deadline_s=600)
-        yield head_env
+        address = f"http://127.0.0.1:{dashboard}"
+        wait_for_job_agent(address, head_env, deadline_s=600)
+        yield address, head_env
     finally:
         stop_processes_of(ray_tmp)  # also when `ray start` itself failed or timed out half-way
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_a_job_submitted_to_a_real_head_node_trains_and_writes_its_run(ray_head, tmp_path, data_root):
+    address, head_env = ray_head
     runs_root = tmp_path / "runs"
     runtime_env = {"excludes": [".git", "runs", "benchmarks/results", "*.pt", "__pycache__"],
                    "env_vars": {"GENERALIST_DATA": str(data_root), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}}
-    command = [str(BIN / "ray"), "job", "submit", "--address", "http://127.0.0.1:8275", "--working-dir", str(REPO),
+    command = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
                "--runtime-env-json", json.dumps(runtime_env), "--",
                sys.executable, "jobs/run_job.py", "--recipe", "generalist-d-small", "--runs-root", str(runs_root),
                "--seed", "1", *TINY_ARGS[:-1]]
-    submit = subprocess.run(command, env=ray_head, capture_output=True, text=True, timeout=900)
+    submit = subprocess.run(command, env=head_env, capture_output=True, text=True, timeout=900)
     assert submit.returncode == 0, (submit.stdout[-3000:], submit.stderr[-2000:])
     assert "succeeded" in submit.stdout.lower()
     run_dir = runs_root / "generalist-d-small-seed1"
