@@ -27,7 +27,7 @@ def test_gpu_check_smoke_on_cpu_writes_every_part_into_one_results_file(tmp_path
     results = results_file.read_text()
     assert "Command: `PYTHONPATH=. python benchmarks/gpu_check.py --device cpu --smoke" in results
     assert re.search(r"^\| torch \| \S+", results, re.M) and "| ray |" in results
-    for key in ("a", "b", "e", "c", "d"):
+    for key in ("a", "b", "e", "f", "c", "d"):
         assert part_status(results, key) == "ok", f"part {key}:\n{done.stdout}\n{results}"
     assert done.returncode == 0
     sync = results.split("## c.")[1].split("## d.")[0]
@@ -37,6 +37,9 @@ def test_gpu_check_smoke_on_cpu_writes_every_part_into_one_results_file(tmp_path
     for recipe in ("pgd-at-small", "generalist-d-small", "generalist-t-small"):
         for precision in ("fp32", "bf16"):
             assert re.search(rf"^\| {recipe} \| {precision} \| small-cnn \|", epoch, re.M), (recipe, precision)
+    profile = results.split("## f.")[1].split("## c.")[0]
+    assert re.search(r"^\| pgd-at-small \| small-cnn \| 128 \| fp32 \| linf \| [\d.]+ \| \d+ \| - \| - \|", profile,
+                     re.M), profile
     side = results.split("## d.")[1]
     assert re.search(r"^\| generalist-d-small \| 2 \| one CPU core per learner \| [\d.]+ \| [\d.]+ \| [\d.]+ \|",
                      side, re.M), side
