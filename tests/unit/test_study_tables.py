@@ -115,3 +115,9 @@ def test_differences_are_paired_by_seed_and_show_each_seed(tmp_path):
     assert cells[:3] == ["generalist-d - pgd-at", "0,1", "-2.00 ± 2.83 (-4.0, +0.0)"]
     assert cells[3] == "-1.50 ± 0.71 (-1.0, -2.0)"
     assert tables.difference_table([r for r in runs if r.name == "pgd-at"]) is None
+
+
+def test_a_trade_off_axis_spans_at_least_the_noise_of_its_points():
+    widened = load_tables().widened
+    assert widened(45.5, 45.6) == (45.55 - 2.0, 45.55 + 2.0)  # two runs 0.1 apart: not at opposite corners
+    assert widened(12.9, 21.5) == (12.9, 21.5)  # a real gap keeps its own limits
