@@ -10,12 +10,16 @@
 #
 # PYTHON: the interpreter of the project's environment (default: python). RECIPES, THREATS: space-separated.
 # STUDY: the name of the tables' file in benchmarks/results/accuracy/converged/ (default: study, the generalist-d
-# study's).
+# study's). TABLE_RECIPES: the recipes of that table (default: RECIPES); a table is rewritten whole, so recipes
+# trained in a later chain name the earlier ones too:
+#   RECIPES="avg generalist-t" TABLE_RECIPES="generalist-mn max avg generalist-t" THREATS="Linf L2" \
+#       STUDY=study-multinorm bash benchmarks/accuracy/converged_seeds.sh 0
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python}
 read -r -a recipes <<< "${RECIPES:-generalist-d pgd-at}"
 read -r -a threats <<< "${THREATS:-Linf}"
+read -r -a table_recipes <<< "${TABLE_RECIPES:-${recipes[*]}}"
 study=${STUDY:-study}
 export PYTHONPATH=$PWD RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 evaluate() {  # RECIPE SEED CHECKPOINT BN THREAT...
@@ -37,6 +41,6 @@ for seed in "$@"; do
     wait
   done
   # shellcheck disable=SC2046  # the seeds 0..seed, as separate words
-  nice -n 19 "$PY" benchmarks/accuracy/protocol.py --scale cpu --phase table --recipes "${recipes[@]}" \
+  nice -n 19 "$PY" benchmarks/accuracy/protocol.py --scale cpu --phase table --recipes "${table_recipes[@]}" \
       --seeds $(seq -s ' ' 0 "$seed") --threats "${threats[@]}" --study "$study"
 done
