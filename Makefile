@@ -47,8 +47,10 @@ run: venv
 ## The tests (CPU; slow and GPU tests are behind markers), in TEST_WORKERS processes (pytest-xdist). A test file
 ## stays in one process (--dist loadfile), so its module fixtures and its local Ray are made once; much of a Ray
 ## test is waiting (processes starting, deadlines polled), and the other process's tests use that core meanwhile.
+## Files go out in collection order (--no-loadscope-reorder): tests/ray's few long files first, the many short unit
+## files after, to even out the end (xdist's default sends the files with the most tests first).
 TEST_WORKERS ?= 2
-PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: venv
 	GENERALIST_DATA=$(DATA) GENERALIST_TEST_DATA=$(DATA) $(PYTEST)
 
