@@ -60,7 +60,8 @@ def test_a_killed_driver_resumes_with_resume_and_ends_bit_identical(tiny, tmp_pa
 
 @pytest.fixture
 def ray_head(tmp_path, data_root):
-    """A real head node on 127.0.0.1 whose job agent is up, stopped by the test whatever happens."""
+    """A real head node on 127.0.0.1 whose job agent is up, stopped by the test whatever happens: its dashboard
+    address and the environment to submit jobs with."""
     head_env = {**env(data_root), "RAY_AUTH_MODE": "token"}
     ray_tmp = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
     dashboard, ports = head_node_ports()
