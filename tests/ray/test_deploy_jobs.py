@@ -76,18 +76,21 @@ def test_the_documented_prepare_data_line_runs_as_a_ray_job(cluster, data_root):
 
 
 def test_a_named_job_trains_with_one_gpu_per_learner_then_evaluates_and_reports(cluster, data_root, tmp_path):
-    """`python jobs/submit.py generalist-d --eval --report` (the compose repro command) on a real cluster."""
+    """`python jobs/submit.py generalist-d --eval --report` (the compose repro command) on a real cluster. The
+    job leaves runtime.gpus_per_learner automatic; runtime.device=auto (in place of the job's cuda, which this
+    machine has not) lets the run place one of the head's 3 logical GPUs per learner and train on the CPU."""
     address, env = cluster
     runs = tmp_path / "runs"
     result = run([sys.executable, "jobs/submit.py", "generalist-d", "--address", address, "--runs-root", str(runs),
                   "--wait-for-gpus", "60", "--eval", "--report",
                   "--eval-args", "--n 20 --pgd-steps 2 --autoattack none",
-                  f'data.root="{data_root}"', *TINY], env)
+                  f'data.root="{data_root}"', *TINY, "runtime.device=auto"], env)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-5000:]
-    # The submit lines are the documented ones: one GPU per learner, and a GPU for the evaluation's entrypoint.
-    assert "-- python jobs/run_job.py --recipe generalist-d --runs-root" in out
-    assert "runtime.gpus_per_learner=1" in out and "--entrypoint-num-gpus 1 -- generalist eval" in out
+    # The submit lines are the documented ones (jobs/jobs.yaml: the GPU jobs say runtime.device=cuda and leave
+    # runtime.gpus_per_learner automatic), and a GPU for the evaluation's entrypoint.
+    assert "-- python jobs/run_job.py --recipe generalist-d --runs-root" in out and "runtime.device=cuda" in out
+    assert "--entrypoint-num-gpus 1 -- generalist eval" in out
     run_dir = runs / "generalist-d-seed0"
     assert (run_dir / "final" / "global.pt").is_file() and (run_dir / "config.json").is_file()
     assert (run_dir / "eval" / "global" / "eval.json").is_file()
