@@ -27,7 +27,6 @@ import argparse
 import collections
 import itertools
 import os
-import statistics
 import time
 
 import torch
@@ -38,6 +37,8 @@ from generalist.learner import Learner
 from generalist.recipes import get_recipe
 from generalist.repro import resolve_device, set_determinism
 from generalist.training import prepare_run_data
+
+from epoch_time import describe_device, median_seconds  # noqa: E402 - the neighbour script, run from benchmarks/
 
 
 def synchronize(device: torch.device) -> None:
@@ -69,11 +70,7 @@ def profile_learner(learner: Learner, steps_per_epoch: int, steps: int, warmup: 
 
     for _ in range(warmup):
         step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
+    seconds_per_step = median_seconds(step, steps)
     on_gpu = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
     synchronize(device)
@@ -96,7 +93,7 @@ def profile_learner(learner: Learner, steps_per_epoch: int, steps: int, warmup: 
                 self_us[average.key] += average.self_cpu_time_total
     busy = union_length([(k.time_range.start, k.time_range.end) for k in kernels]) / profiled_wall_us if on_gpu \
         else None
-    return {"learner": learner.name, "ms_per_step": 1e3 * statistics.median(times), "ops_per_step": len(ops) / steps,
+    return {"learner": learner.name, "ms_per_step": 1e3 * seconds_per_step, "ops_per_step": len(ops) / steps,
             "kernels_per_step": len(kernels) / steps if on_gpu else None, "busy": busy,
             "top": [(name, us / steps / 1e3) for name, us in self_us.most_common(10)]}
 
@@ -117,12 +114,6 @@ def profile_recipe(recipe: str, device_name: str, steps: int, warmup: int, threa
     return rows
 
 
-def describe(device_name: str) -> str:
-    if device_name.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device_name))
-    return f"CPU ({os.cpu_count()} CPUs)"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipes", nargs="+", default=["pgd-at", "natural"])
@@ -136,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
             for row in profile_recipe(recipe, args.device, args.steps, args.warmup, args.threads, args.overrides)]
     on_gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
     print(f"# one step per learner under torch.profiler: {args.steps} steps timed and {args.steps} profiled after "
-          f"{args.warmup} warm-up; {describe('cuda' if on_gpu else 'cpu')}; torch {torch.__version__}, "
+          f"{args.warmup} warm-up; {describe_device('cuda' if on_gpu else 'cpu')}; torch {torch.__version__}, "
           f"{args.threads} CPU thread(s)" + (f"; overrides: {' '.join(args.overrides)}" if args.overrides else ""))
     print("| recipe | model | batch | precision | learner | ms / step | ops / step | kernels / step | device busy |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -338,10 +338,11 @@ def main() -> None:
                 log(f"FAILED {failures[-1]}")
     # Training evaluates nothing, so it writes no table: a train phase of other recipes once rewrote study.md with
     # their empty tables over the generalist-d study's (the multi-norm chain, 2026-12-04).
-    if args.phase != "train" and args.scale == "cpu":
-        write_converged_study(runs, results, args.recipes, args.seeds, args.study)
-    elif args.phase != "train":
-        write_study(runs, results, ablations=args.ablations, seeds=args.seeds)
+    if args.phase != "train":
+        if args.scale == "cpu":
+            write_converged_study(runs, results, args.recipes, args.seeds, args.study)
+        else:
+            write_study(runs, results, ablations=args.ablations, seeds=args.seeds)
     if failures:
         sys.exit(f"{len(failures)} runs failed:\n" + "\n".join(failures))
 
