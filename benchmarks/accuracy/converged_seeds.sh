@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The converged study, more seeds: train the recipes (-cpu; default generalist-d and pgd-at) for each seed given,
 # side by side at the lowest priority, then the four evaluations of each run (final and best global learner,
-# statistics as shipped and as stored; standard AutoAttack on the first 1,000 test points, Linf by default), then
-# the tables over seeds 0 to that seed. Resumable: run it again to continue (the protocol resumes an interrupted
-# training and skips finished evaluations).
+# statistics as shipped and as stored; standard AutoAttack on the first 1,000 test points, Linf by default; two at
+# a time, every run's final global learner first), then the tables over seeds 0 to that seed. Resumable: run it
+# again to continue (the protocol resumes an interrupted training and skips finished evaluations), on this machine
+# or, through benchmarks/accuracy/unfinished.py, on another.
 #
 #   GENERALIST_DATA=/path/to/data bash benchmarks/accuracy/converged_seeds.sh 1 2     # seeds 1 and 2
 #   RECIPES="generalist-mn max" THREATS="Linf L2" STUDY=study-multinorm bash benchmarks/accuracy/converged_seeds.sh 0
@@ -22,24 +23,14 @@ read -r -a threats <<< "${THREATS:-Linf}"
 read -r -a table_recipes <<< "${TABLE_RECIPES:-${recipes[*]}}"
 study=${STUDY:-study}
 export PYTHONPATH=$PWD RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
-evaluate() {  # RECIPE SEED CHECKPOINT BN THREAT...
-  nice -n 19 "$PY" - "$@" <<'PYEOF'
-import sys
-sys.path.insert(0, "benchmarks/accuracy")
-import protocol
-from pathlib import Path
-recipe, seed, checkpoint, bn, *threats = sys.argv[1:]
-protocol.eval_one(Path("runs/accuracy-cpu") / f"{recipe}-seed{seed}", 1000, threats, "standard", checkpoint, bn)
-PYEOF
-}
+# On a fresh checkout, the runs an earlier machine left unfinished continue where they stopped; before that
+# machine is given back: `python benchmarks/accuracy/unfinished.py save` (the study stopped), and commit the archives.
+"$PY" benchmarks/accuracy/unfinished.py restore
 for seed in "$@"; do
   nice -n 19 "$PY" benchmarks/accuracy/protocol.py --scale cpu --phase train --recipes "${recipes[@]}" \
       --seeds "$seed" --jobs 2 --threats "${threats[@]}" --study "$study"
-  for recipe in "${recipes[@]}"; do
-    (evaluate "$recipe" "$seed" final auto "${threats[@]}"; evaluate "$recipe" "$seed" best auto "${threats[@]}") &
-    (evaluate "$recipe" "$seed" last saved "${threats[@]}"; evaluate "$recipe" "$seed" best saved "${threats[@]}") &
-    wait
-  done
+  nice -n 19 "$PY" benchmarks/accuracy/protocol.py --scale cpu --phase eval --recipes "${recipes[@]}" \
+      --seeds "$seed" --jobs 2 --threats "${threats[@]}" --study "$study"
   # shellcheck disable=SC2046  # the seeds 0..seed, as separate words
   nice -n 19 "$PY" benchmarks/accuracy/protocol.py --scale cpu --phase table --recipes "${table_recipes[@]}" \
       --seeds $(seq -s ' ' 0 "$seed") --threats "${threats[@]}" --study "$study"

@@ -21,8 +21,9 @@ Every step is resumable: a finished run or evaluation is skipped, an interrupted
     nice -n 19 python benchmarks/accuracy/protocol.py --scale cpu --recipes generalist-mn max avg generalist-t \
         --threats Linf L2 --study study-multinorm                   # the converged multi-norm claim
 
-Each run's eval.json, summary.json, config.json and per-epoch metrics (epochs.jsonl) are copied to
-RESULTS/runs/NAME/ (never the weights), and the tables to RESULTS/.
+Each run's eval.json (with its per-point results, points.parquet), summary.json, config.json and per-epoch metrics
+(epochs.jsonl) are copied to RESULTS/runs/NAME/ (never the weights), and the tables to RESULTS/. The converged
+tables read a run's published copy where its run folder is gone.
 """
 
 from __future__ import annotations
@@ -137,6 +138,28 @@ def eval_one(run_dir: Path, n: int, threats: list[str], autoattack: str, checkpo
     return out
 
 
+def evaluation_plan(run_dirs: list[Path], checkpoints: list[str]) -> list[list[tuple[Path, str, str]]]:
+    """The evaluations of trained runs as chains of (run folder, checkpoint, statistics), most wanted first:
+    every run's final global learner as shipped, then the best-on-validation ones, then both scored with the
+    statistics their EMA stored (runs that re-estimate them). A chain runs in one worker, in order: a best
+    checkpoint that is the final one rides behind it, so that its evaluation is a copy instead of an hour of
+    AutoAttack started beside an identical one."""
+    stages = [[(run_dir, checkpoint, "auto") for run_dir in run_dirs] for checkpoint in checkpoints]
+    stages += [[(run_dir, checkpoint, "saved") for run_dir in run_dirs if reestimates_bn(run_dir)]
+               for checkpoint in ("last", "best")]
+    chains: list[list[tuple[Path, str, str]]] = []
+    final_chain: dict[tuple[Path, str], list] = {}  # (run, statistics) -> the chain of its final evaluation
+    for stage in stages:
+        for run_dir, checkpoint, bn in stage:
+            if checkpoint == "best" and (run_dir, bn) in final_chain and best_is_final(run_dir):
+                final_chain[(run_dir, bn)].append((run_dir, checkpoint, bn))
+                continue
+            chains.append([(run_dir, checkpoint, bn)])
+            if checkpoint in ("final", "last"):
+                final_chain[(run_dir, bn)] = chains[-1]
+    return chains
+
+
 def best_is_final(run_dir: Path) -> bool:
     """Whether the best-on-validation checkpoint holds exactly the final global learner: the global EMA of the
     last checkpoint (final/global.pt may hold re-estimated statistics instead of the stored ones)."""
@@ -172,6 +195,11 @@ def publish(run_dir: Path, results: Path) -> None:
     for source, name in sources:
         if source.exists():
             (target / name).write_text(portable(source.read_text()))
+    # The per-point results too (a few kB each): without them a table that combines evaluations point by point
+    # cannot be rebuilt once the run folder is gone (the machines that train the study keep nothing).
+    for points in sorted((run_dir / "eval").glob("*/points.parquet")):
+        if (points.parent / "eval.json").exists():
+            shutil.copyfile(points, target / f"eval-{points.parent.name}.points.parquet")
 
 
 def portable(text: str) -> str:
@@ -252,10 +280,12 @@ def write_converged_study(runs: Path, results: Path, recipes: list[str], seeds: 
         combined = []
         for name in recipes:
             for seed in seeds:
-                run_dir = runs / f"{name}-seed{seed}"
-                tags = tables.checkpoint_folders(run_dir, checkpoint)
-                if tags and (c := tables.combine_run(run_dir, name, seed, tags)) is not None:
-                    combined.append(c)
+                # The run folder where it is here, else its published copy (run folders do not outlive the
+                # machine that trained them; the published copy holds every finished evaluation).
+                for folder in (runs / f"{name}-seed{seed}", results / "runs" / f"{name}-seed{seed}"):
+                    if tags := tables.checkpoint_folders(folder, checkpoint):
+                        combined.append(tables.combine_run(folder, name, seed, tags))
+                        break
         if not combined:
             continue
         found = True
@@ -277,9 +307,11 @@ def write_converged_study(runs: Path, results: Path, recipes: list[str], seeds: 
     # was chosen on).
     for name in [r for r in recipes if r in tables.GENERALIST or r == "pgd-at"]:
         for seed in seeds:
-            run_dir = runs / f"{name}-seed{seed}"
+            run_dir, plot = runs / f"{name}-seed{seed}", results / f"curves-{name}-seed{seed}.png"
             if (run_dir / "final" / "summary.json").exists():
-                curves.append(plot_curves(load_run(run_dir), results / f"curves-{name}-seed{seed}.png"))
+                curves.append(plot_curves(load_run(run_dir), plot))
+            elif plot.is_file():  # drawn when the run folder was here
+                curves.append(plot)
     if curves:
         lines += ["## Training curves", ""] + [f"![{c.stem}]({c.name})" for c in curves] + [""]
     (results / f"{study}.md").write_text("\n".join(lines))
@@ -314,31 +346,39 @@ def main() -> None:
     jobs = [(name, recipe, seed, overrides) for seed in args.seeds for name, recipe, overrides in plan]
     log(f"{len(jobs)} runs: {', '.join(sorted({j[0] for j in jobs}))} x seeds {args.seeds}")
 
-    def one(job) -> Path:
-        name, recipe, seed, overrides = job
-        run_dir = runs / f"{name}-seed{seed}"
-        if args.phase in ("train", "all"):
-            run_dir = train_one(name, recipe, seed, overrides, runs, scale)
-        if args.phase in ("eval", "all") and (run_dir / "final" / "global.pt").exists():
-            for checkpoint in scale["checkpoints"]:
-                eval_one(run_dir, args.n, args.threats, args.autoattack, checkpoint)
-            if reestimates_bn(run_dir):  # the same global learners, scored with the statistics their EMA stored
-                for checkpoint in ("last", "best"):
-                    eval_one(run_dir, args.n, args.threats, args.autoattack, checkpoint, bn="saved")
-        publish(run_dir, results)
-        return run_dir
-
     failures = []
-    with futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for job, fut in [(job, pool.submit(one, job)) for job in jobs]:
-            try:
-                fut.result()
-            except Exception as error:  # noqa: BLE001 - one failed run must not stop the others
-                failures.append(f"{job[0]}-seed{job[2]}: {error}")
-                log(f"FAILED {failures[-1]}")
-    # Training evaluates nothing, so it writes no table: a train phase of other recipes once rewrote study.md with
-    # their empty tables over the generalist-d study's (the multi-norm chain, 2026-12-04).
-    if args.phase != "train":
+
+    def run_all(work: list, label) -> None:
+        """Each (function, item) in a pool of --jobs workers, in order; a failure is recorded, not raised."""
+        with futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for item, fut in [(item, pool.submit(fn, item)) for fn, item in work]:
+                try:
+                    fut.result()
+                except Exception as error:  # noqa: BLE001 - one failed run must not stop the others
+                    failures.append(f"{label(item)}: {error}")
+                    log(f"FAILED {failures[-1]}")
+
+    def train(job) -> Path:
+        name, recipe, seed, overrides = job
+        return train_one(name, recipe, seed, overrides, runs, scale)
+
+    def evaluate(chain: list[tuple[Path, str, str]]) -> None:
+        for run_dir, checkpoint, bn in chain:
+            eval_one(run_dir, args.n, args.threats, args.autoattack, checkpoint, bn)
+            publish(run_dir, results)  # each result committed-ready as it comes, not when every run is done
+
+    if args.phase in ("train", "all"):
+        run_all([(train, job) for job in jobs], lambda job: f"{job[0]}-seed{job[2]}")
+    run_dirs = [runs / f"{name}-seed{seed}" for name, _, seed, _ in jobs]
+    if args.phase in ("eval", "all"):
+        plan = evaluation_plan([r for r in run_dirs if (r / "final" / "global.pt").exists()], scale["checkpoints"])
+        run_all([(evaluate, chain) for chain in plan], lambda chain: f"{chain[0][0].name} {chain[0][1]}")
+    for run_dir in run_dirs:
+        publish(run_dir, results)
+    # The train and eval phases write no table: a train phase of other recipes once rewrote study.md with their
+    # empty tables over the generalist-d study's (the multi-norm chain, 2026-12-04), and a chain's eval phase names
+    # only the recipes it trained, while its table phase names every recipe of the table (TABLE_RECIPES).
+    if args.phase in ("table", "all"):
         if args.scale == "cpu":
             write_converged_study(runs, results, args.recipes, args.seeds, args.study)
         else:

@@ -40,17 +40,53 @@ class Combined:
     sync_seconds: float | None = None
 
 
+def evaluations(folder: Path) -> dict[str, tuple[Path, Path | None]]:
+    """Every finished evaluation of a run, by tag: (its eval.json, its per-point results or None).
+
+    Two layouts: a run folder's eval/TAG/eval.json + points.parquet, and the copy protocol.publish commits,
+    eval-TAG.json + eval-TAG.points.parquet (copies published before 2026-12-06 have no points: their run folders
+    were lost with the machine that trained them, so their tables are rebuilt from the JSON alone)."""
+    found: dict[str, tuple[Path, Path | None]] = {
+        p.parent.name: (p.parent / "eval.json", p) for p in (folder / "eval").glob("*/points.parquet")
+        if (p.parent / "eval.json").is_file()}
+    for record in folder.glob("eval-*.json"):
+        points = record.with_name(record.stem + ".points.parquet")
+        found.setdefault(record.stem[len("eval-"):], (record, points if points.is_file() else None))
+    return found
+
+
 def combine_run(run_dir: Path, name: str, seed: int, only: tuple[str, ...] | None = None) -> Combined | None:
-    """None when the run has no evaluation with per-point results yet. `only`: evaluation folders to use
-    (e.g. ("aa-none",) so that every run of a table is measured by the same attacks); default all."""
-    evals = sorted(p for p in (run_dir / "eval").glob("*/points.parquet") if only is None or p.parent.name in only)
+    """None when the run has no finished evaluation yet. `only`: evaluation tags to use (e.g. ("aa-none",) so
+    that every run of a table is measured by the same attacks); default all. `run_dir`: a run folder or its
+    published copy."""
+    evals = {tag: files for tag, files in sorted(evaluations(run_dir).items()) if only is None or tag in only}
     if not evals:
         return None
+    if any(points is None for _, points in evals.values()):
+        if len(evals) > 1:
+            raise ValueError(f"{run_dir}: evaluations {', '.join(evals)} cannot be combined point by point: some "
+                             "have no per-point results (publish them with points, or keep the run folder)")
+        out = from_aggregates(json.loads(next(iter(evals.values()))[0].read_text()), name, seed)
+    else:
+        out = from_points([(json.loads(record.read_text()), points) for record, points in evals.values()], name,
+                          seed)
+    summary = next((s for s in (run_dir / "final" / "summary.json", run_dir / "summary.json") if s.is_file()), None)
+    if summary is not None:
+        out.train_seconds = json.loads(summary.read_text()).get("train_seconds_this_session")
+    rounds = run_dir / "metrics" / "rounds.parquet"
+    if rounds.exists():
+        per_step = {r["global_step"]: r["sync_seconds"] or 0.0
+                    for r in pq.read_table(rounds, columns=["global_step", "sync_seconds"]).to_pylist()}
+        out.syncs, out.sync_seconds = len(per_step), sum(per_step.values())
+    return out
+
+
+def from_points(evals: list[tuple[dict, Path]], name: str, seed: int) -> Combined:
+    """The per-point worst case over evaluations (eval.json record, points.parquet)."""
     robust: dict[str, dict[int, bool]] = defaultdict(dict)
     clean: dict[int, bool] = {}
     attacks: dict[str, set[str]] = defaultdict(set)
-    for points in evals:
-        record = json.loads((points.parent / "eval.json").read_text())
+    for record, points in evals:
         rows = [r for r in pq.read_table(points).to_pylist() if r["model"] == "global"]
         for norm, entry in record["threats"].items():
             attacks[norm].add("PGD-20")
@@ -69,14 +105,18 @@ def combine_run(run_dir: Path, name: str, seed: int, only: tuple[str, ...] | Non
         out.robust[norm] = 100 * sum(robust[norm][i] for i in shared) / n
         out.attacks[norm] = " + ".join(sorted(attacks[norm]))
     out.robust["union"] = 100 * sum(all(robust[t][i] for t in robust) for i in shared) / n
-    summary = run_dir / "final" / "summary.json"
-    if summary.exists():
-        out.train_seconds = json.loads(summary.read_text()).get("train_seconds_this_session")
-    rounds = run_dir / "metrics" / "rounds.parquet"
-    if rounds.exists():
-        per_step = {r["global_step"]: r["sync_seconds"] or 0.0
-                    for r in pq.read_table(rounds, columns=["global_step", "sync_seconds"]).to_pylist()}
-        out.syncs, out.sync_seconds = len(per_step), sum(per_step.values())
+    return out
+
+
+def from_aggregates(record: dict, name: str, seed: int) -> Combined:
+    """One evaluation's own numbers (eval.json): per threat the points robust to PGD-20 and, where it ran,
+    AutoAttack (`robust_acc`), and the union over its threats. What from_points gives for that evaluation alone."""
+    out = Combined(name=name, seed=seed, n=int(record["n_examples"]), clean=float(record["clean_acc"]))
+    for norm in [t for t in THREATS if t in record["threats"]]:
+        entry = record["threats"][norm]
+        out.robust[norm] = float(entry["robust_acc"])
+        out.attacks[norm] = "AA + PGD-20" if entry.get("autoattack_acc") is not None else "PGD-20"
+    out.robust["union"] = float(record["union_acc"])
     return out
 
 
@@ -93,10 +133,9 @@ def checkpoint_kind(folder_name: str) -> str:
 
 
 def checkpoint_folders(run_dir: Path, checkpoint: str) -> tuple[str, ...]:
-    """The evaluation folders of one checkpoint of a run (a CHECKPOINT_PREFIXES key), so that evaluations of
-    different checkpoints, or of different statistics, are never combined."""
-    return tuple(sorted(p.name for p in (run_dir / "eval").glob("*")
-                        if p.is_dir() and checkpoint_kind(p.name) == checkpoint))
+    """The evaluation tags of one checkpoint (a CHECKPOINT_PREFIXES key) of a run or of its published copy, so
+    that evaluations of different checkpoints, or of different statistics, are never combined."""
+    return tuple(sorted(tag for tag in evaluations(run_dir) if checkpoint_kind(tag) == checkpoint))
 
 
 def group(runs: list[Combined]) -> dict[str, list[Combined]]:

@@ -8,6 +8,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 PROTOCOL = Path(__file__).resolve().parents[2] / "benchmarks" / "accuracy" / "protocol.py"
 
 
@@ -84,7 +86,8 @@ def test_the_multi_norm_tables_sit_beside_the_generalist_d_tables_not_over_them(
     assert (results / "study-multinorm-tradeoff-final.png").is_file()
 
 
-def test_a_train_phase_writes_no_table_over_a_published_study(tmp_path, monkeypatch):
+@pytest.mark.parametrize("phase", ["train", "eval"])
+def test_a_train_or_eval_phase_writes_no_table_over_a_published_study(tmp_path, monkeypatch, phase):
     protocol = load_protocol()
     results = tmp_path / "results"
     results.mkdir()
@@ -92,9 +95,56 @@ def test_a_train_phase_writes_no_table_over_a_published_study(tmp_path, monkeypa
     evaluated_multi_norm_runs(protocol, tmp_path / "runs")  # what made the chain's train phase write a table
     monkeypatch.setattr(protocol, "train_one", lambda name, recipe, seed, overrides, runs, scale: runs / name)
     monkeypatch.setattr(protocol, "publish", lambda run_dir, results: None)
-    monkeypatch.setattr(sys, "argv", ["protocol.py", "--scale", "cpu", "--phase", "train", "--recipes",
+    monkeypatch.setattr(protocol, "evaluation_plan", lambda run_dirs, checkpoints: [])
+    monkeypatch.setattr(sys, "argv", ["protocol.py", "--scale", "cpu", "--phase", phase, "--recipes",
                                       "generalist-mn", "max", "--seeds", "0", "--runs", str(tmp_path / "runs"),
                                       "--results", str(results)])
     protocol.main()
     assert sorted(p.name for p in results.iterdir()) == ["study.md"]
     assert (results / "study.md").read_text() == "the generalist-d study"
+
+
+def test_the_tables_are_rebuilt_from_the_published_copies_once_the_run_folders_are_gone(tmp_path):
+    """The machines that train the study keep nothing between sessions: what publish commits must be enough."""
+    import shutil
+
+    protocol = load_protocol()
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    evaluated_multi_norm_runs(protocol, runs)
+    for name in ("generalist-mn", "max"):
+        run_dir = runs / f"{name}-seed0"
+        (run_dir / "final").mkdir()
+        (run_dir / "final" / "summary.json").write_text("{}")  # publish copies finished runs only
+        (run_dir / "config.json").write_text("{}")
+        protocol.publish(run_dir, results)
+    tag = protocol.eval_tag("standard", ["Linf", "L2"])
+    assert (results / "runs" / "max-seed0" / f"eval-{tag}.points.parquet").is_file()
+    protocol.write_converged_study(runs, results, ["generalist-mn", "max"], [0], study="from-run-folders")
+    shutil.rmtree(runs)
+
+    protocol.write_converged_study(runs, results, ["generalist-mn", "max"], [0], study="from-published")
+
+    def tables_of(study):
+        return [line for line in (results / f"{study}.md").read_text().splitlines() if line.startswith("|")]
+
+    assert tables_of("from-published") == tables_of("from-run-folders")
+    assert any(line.startswith("| generalist-mn - max") for line in tables_of("from-published"))
+
+
+def test_evaluations_run_most_wanted_first_and_a_best_that_is_final_waits_for_it(tmp_path, monkeypatch):
+    """Every run's final global learner as shipped comes before any best or stored-statistics one; a best
+    checkpoint identical to the final one is chained behind it (a copy), never evaluated beside it."""
+    import json
+
+    protocol = load_protocol()
+    a, b, c = (tmp_path / name for name in ("a-seed0", "b-seed0", "c-seed0"))
+    for run_dir, bn in ((a, "reestimate"), (b, "reestimate"), (c, "interpolate")):
+        run_dir.mkdir()
+        (run_dir / "config.json").write_text(json.dumps({"mixing": {"global_bn": bn}}))
+    monkeypatch.setattr(protocol, "best_is_final", lambda run_dir: run_dir == a)
+
+    plan = protocol.evaluation_plan([a, b, c], ["final", "best"])
+
+    assert plan == [[(a, "final", "auto"), (a, "best", "auto")], [(b, "final", "auto")], [(c, "final", "auto")],
+                    [(b, "best", "auto")], [(c, "best", "auto")],
+                    [(a, "last", "saved"), (a, "best", "saved")], [(b, "last", "saved")], [(b, "best", "saved")]]

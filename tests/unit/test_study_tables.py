@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 TABLES = Path(__file__).resolve().parents[2] / "benchmarks" / "accuracy" / "tables.py"
 
@@ -54,6 +55,51 @@ def test_worst_case_over_evaluations_and_union(tmp_path):
     assert combined.attacks == {"Linf": "AA + PGD-20", "L2": "PGD-20"}
     pgd_only = tables.combine_run(run, "pgd-at", 0, only=("aa-none",))
     assert pgd_only.robust == {"Linf": 60.0, "L2": 60.0, "union": 40.0}
+
+
+def published(run: Path, published_copy: Path, with_points: bool) -> None:
+    """The committed copy of a run's evaluations (protocol.publish's layout), with or without per-point results."""
+    published_copy.mkdir(parents=True)
+    for folder in (run / "eval").iterdir():
+        (published_copy / f"eval-{folder.name}.json").write_bytes((folder / "eval.json").read_bytes())
+        if with_points:
+            points = (folder / "points.parquet").read_bytes()
+            (published_copy / f"eval-{folder.name}.points.parquet").write_bytes(points)
+
+
+def test_a_published_copy_with_points_combines_like_its_run_folder(tmp_path):
+    tables = load_tables()
+    run = tmp_path / "runs" / "pgd-at-seed0"
+    clean = [True, True, True, False]
+    write_eval(run / "eval" / "aa-none", clean, {"Linf": [True, True, False, False]}, autoattack=False)
+    write_eval(run / "eval" / "aa-standard-Linf", clean, {"Linf": [False, True, True, False]}, autoattack=True)
+    published(run, tmp_path / "published" / "pgd-at-seed0", with_points=True)
+
+    copy = tables.combine_run(tmp_path / "published" / "pgd-at-seed0", "pgd-at", 0)
+
+    assert copy == tables.combine_run(run, "pgd-at", 0)
+    assert copy.robust["Linf"] == 25.0  # point 1 alone survives both evaluations
+    assert tables.checkpoint_folders(tmp_path / "published" / "pgd-at-seed0", "final") == ("aa-none",
+                                                                                            "aa-standard-Linf")
+
+
+def test_a_published_copy_without_points_gives_its_one_evaluations_own_numbers(tmp_path):
+    tables = load_tables()
+    copy = tmp_path / "max-seed0"
+    copy.mkdir()
+    record = {"n_examples": 1000, "clean_acc": "45.60", "union_acc": "19.50",
+              "threats": {"Linf": {"autoattack_acc": "21.00", "robust_acc": "20.90"},
+                          "L2": {"autoattack_acc": "30.70", "robust_acc": "30.70"}}}
+    (copy / "eval-aa-standard-Linf+L2.json").write_text(json.dumps(record))
+
+    combined = tables.combine_run(copy, "max", 0)
+
+    assert (combined.n, combined.clean) == (1000, 45.6)
+    assert combined.robust == {"Linf": 20.9, "L2": 30.7, "union": 19.5}  # robust_acc: the worst case per point
+    assert combined.attacks == {"Linf": "AA + PGD-20", "L2": "AA + PGD-20"}
+    (copy / "eval-aa-none.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="cannot be combined point by point"):
+        tables.combine_run(copy, "max", 0)  # two evaluations of one checkpoint need their points
 
 
 def test_final_and_best_checkpoint_evaluations_are_never_combined(tmp_path):
