@@ -194,7 +194,7 @@ def test_dockerignore_and_runtime_env_leave_out_the_same_things():
     ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")}
     excluded = set(yaml.safe_load(RUNTIME_ENV.read_text())["excludes"])
-    must = {".git", ".venv", "data", "runs", "benchmarks/results", "**/__pycache__"}
+    must = {".git", ".venv", "data", "runs", "benchmarks/results", "benchmarks/accuracy/unfinished", "**/__pycache__"}
     assert must <= excluded, f"jobs/runtime_env.yaml must exclude {sorted(must - excluded)}"
     assert excluded <= ignored, f".dockerignore lacks {sorted(excluded - ignored)}"
 
@@ -435,7 +435,8 @@ def test_runtime_env_is_valid_for_ray_and_keeps_the_upload_small():
     assert not {"pip", "conda", "uv", "container", "image_uri"} & set(final), "the image holds the Python stack"
     excluded = _get_excludes(REPO, final["excludes"])
     for path in [".git/HEAD", ".venv/bin/python", "venv-3.11/lib/x.py", "data/cifar-10-batches-py/data_batch_1",
-                 "runs/t/final/global.pt", "benchmarks/results/speed.json", "generalist/__pycache__/config.pyc"]:
+                 "runs/t/final/global.pt", "benchmarks/results/speed.json", "generalist/__pycache__/config.pyc",
+                 "benchmarks/accuracy/unfinished/avg-seed0.tar.xz"]:
         assert excluded(REPO / path), f"{path} would be uploaded with every job"
     for path in ["generalist/config.py", "jobs/run_job.py", "jobs/runtime_env.yaml", IMAGE_LOCK, "requirements/lock.in",
                  "pyproject.toml", "benchmarks/speed.py"]:
