@@ -171,9 +171,11 @@ def assert_same_tensors(a: dict, b: dict) -> None:
     assert not differ, f"differ: {differ[:5]}"
 
 
-def coordinator_handle(ray, since_ns: int = 0):
-    """The newest run's coordinator, created after `since_ns` (its name ends in its creation time)."""
-    for _ in range(600):
+def coordinator_handle(ray, since_ns: int = 0, deadline_s: float = 600.0):
+    """The newest run's coordinator, created after `since_ns` (its name ends in its creation time); waits for it
+    up to `deadline_s` (a deadline, not a count of polls: each listing is slower on a loaded machine)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
         names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                  if a["name"].startswith("generalist-coordinator-") and int(a["name"].split("-")[-1]) > since_ns]
         if names:

@@ -154,6 +154,8 @@ def watch_coordinator(ray, until, action=None, seen: list | None = None) -> thre
         while time.monotonic() < deadline:
             try:
                 status = ray.get(coordinator.status.remote(), timeout=30)
+            except ray.exceptions.GetTimeoutError:
+                continue  # its process is still starting (a minute on a loaded machine): not gone, ask again
             except Exception:  # noqa: BLE001 - the run ended and its coordinator is gone
                 return
             if seen is not None:
@@ -172,15 +174,15 @@ def watch_coordinator(ray, until, action=None, seen: list | None = None) -> thre
 def test_a_diverging_learner_ends_the_run_at_once_without_retries(tiny, tmp_path, local_ray):
     seen: list[dict] = []
     watcher = watch_coordinator(local_ray, lambda s: s["fatal"] is not None, seen=seen)
-    started = time.monotonic()
     with pytest.raises(TrainingDiverged, match="natural"):
         train(tiny("generalist-d-small", "runtime.backend=ray", "runtime.max_failures=3",
                    "learners.natural.lr=1e9"), tmp_path / "run", quiet=True)
     watcher.join()
+    assert seen, "the watcher never reached the run's coordinator"
     joins = max(s["joins"] for s in seen)
-    # Retried, the group would have joined 4 times (the start and 3 restarts), each failing the same way.
+    # Retried, the group would have joined 4 times (the start and 3 restarts), each failing the same way. (Not a
+    # bound on wall time: with three test processes on two cores this run alone took 136 s, 43 s with two.)
     assert joins <= 2, f"the learner group was started {joins} times"
-    assert time.monotonic() - started < 120
 
 
 def test_a_group_that_fails_too_often_names_the_learner_and_its_exception(tiny, tmp_path, local_ray):
