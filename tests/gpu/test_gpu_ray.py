@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import coordinator_handle, tiny_config
 from generalist.checkpoint import load_state_dict_file
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -30,20 +30,11 @@ def gpu_ray():
     ray.shutdown()
 
 
-def coordinator_handle():
-    for _ in range(600):
-        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                 if a["name"].startswith("generalist-coordinator-")]
-        if names:
-            return ray.get_actor(sorted(names)[-1], namespace=ray.get_runtime_context().namespace)
-        time.sleep(0.1)
-    raise AssertionError("no coordinator actor appeared")
-
-
 def learners_seen(k: int, seen: dict) -> threading.Thread:
     def watch():
-        coordinator = coordinator_handle()
-        for _ in range(1200):
+        coordinator = coordinator_handle(ray)
+        deadline = time.monotonic() + 120  # a deadline, not a count of polls
+        while time.monotonic() < deadline:
             learners = ray.get(coordinator.learners.remote())
             if len(learners) == k:
                 seen.update(learners)
@@ -114,7 +105,7 @@ def test_a_learner_killed_on_the_gpu_is_restarted_and_the_run_ends_bit_identical
     kills = []
 
     def kill_learner_at(step: int):
-        coordinator = coordinator_handle()
+        coordinator = coordinator_handle(ray)
         while ray.get(coordinator.drain.remote())["global_step"] < step:
             time.sleep(0.05)
         pid = ray.get(coordinator.learners.remote())[1]["pid"]
