@@ -84,8 +84,18 @@ def time_recipe(recipe: str, device_name: str, steps: int, warmup: int, threads:
             sync()
         sync_seconds = median_seconds(sync, steps)
     return {"recipe": recipe, "precision": precision, "model": config.model.name, "batch": config.data.batch_size,
-            "steps_per_epoch": spe,
+            "steps_per_epoch": spe, "step_paths": {learner.name: step_path(learner) for learner in learners},
             "step_seconds": step_seconds, "sync_seconds": sync_seconds, "device": str(device)}
+
+
+def step_path(learner: Learner) -> str:
+    """How the learner's steps ran: eagerly, or replayed from a CUDA graph (runtime.cuda_graph)."""
+    from generalist.graph_step import GraphedStep
+
+    step = learner.train_step
+    if not isinstance(step, GraphedStep):
+        return "eager"
+    return "eager (the capture failed)" if step.failed else f"CUDA graph ({step.captures} capture(s))"
 
 
 def describe_device(device_name: str) -> str:
@@ -129,6 +139,10 @@ def main() -> None:
                   f"{r['model'] if i == 0 else ''} | "
                   f"{r['batch'] if i == 0 else ''} | {name} | {seconds:.4f} | {r['batch'] / seconds:.0f} | "
                   + " | ".join(tail) + " |")
+    for r in results:
+        if any(path != "eager" for path in r["step_paths"].values()):
+            print(f"# {r['recipe']} {r['precision']} steps: "
+                  + ", ".join(f"{name} {path}" for name, path in r["step_paths"].items()))
     by_recipe = {(r["recipe"], r["precision"]): r for r in results}
     for recipe in args.recipes:
         if (recipe, "fp32") in by_recipe and (recipe, "bf16") in by_recipe:

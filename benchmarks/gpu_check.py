@@ -1,13 +1,14 @@
 """One command that checks a GPU machine: the GPU tests, epoch times fp32 vs bf16, the sync benchmark and the
 Ray-vs-in-process side-by-side, each part under a hard time limit, into one results file named after the device.
 
-Claim: whatever fails or hangs, the check ends within the sum of its parts' budgets (9 minutes with the defaults
+Claim: whatever fails or hangs, the check ends within the sum of its parts' budgets (10 minutes with the defaults
 on one GPU) and records every part: its command, its status (ok, failed with exit code, timed out, skipped with
 the reason), its seconds and its output table. Parts run as subprocesses (a hung CUDA call or Ray cluster cannot
 stall the check; a timed-out part's whole process group is killed), in this order:
   a. tests    `pytest -m gpu tests/gpu` (skipped tests are listed, e.g. multi-GPU ones on one GPU)
   b. epoch    `benchmarks/epoch_time.py` for pgd-at, generalist-d, generalist-t at paper scale, fp32 and bf16
   e. determinism  the same for pgd-at in fp32 with `runtime.deterministic=true` (the price of bit-exact runs)
+  g. graph    the same for pgd-at and generalist-d with `runtime.cuda_graph=true` (the step as one CUDA graph)
   f. profile  `benchmarks/step_profile.py`: kernels per step, device busy and the longest kernels, pgd-at and natural
   c. sync     `benchmarks/sync_overhead.py` on the device (ResNet-18, 2 and 3 learners)
   d. side     `benchmarks/side_by_side.py`: Ray backend vs in-process, generalist-d and generalist-t
@@ -15,7 +16,7 @@ The results file `OUT/<device-slug>.md` is rewritten after every part and each p
 `OUT/<device-slug>-logs/` as it runs, so a killed check leaves what it had. Needs no `generalist` install: run from
 the repository root with PYTHONPATH=. and the data in $GENERALIST_DATA; no matplotlib, no network.
 
-    PYTHONPATH=. GENERALIST_DATA=.gpudata python benchmarks/gpu_check.py                 # a GPU machine, ~8 min
+    PYTHONPATH=. GENERALIST_DATA=.gpudata python benchmarks/gpu_check.py                 # a GPU machine, ~9 min
     PYTHONPATH=. python benchmarks/gpu_check.py --device cpu --smoke --out /tmp/check    # CPU, tiny sizes, ~3 min
 """
 
@@ -90,7 +91,7 @@ def versions() -> dict[str, str]:
 
 
 def plan(device: str, smoke: bool, python: str, dataset: str | None = None) -> list[Part]:
-    """The parts and their budgets (seconds). Full: 150 + 60 + 30 + 30 + 140 + 130 = 540 s = 9 minutes."""
+    """The parts and their budgets (seconds). Full: 150 + 60 + 30 + 45 + 30 + 140 + 130 = 585 s = 10 minutes."""
     bench = Path("benchmarks")  # the parts run in the repository root
     if smoke:  # tiny sizes: every code path runs, in seconds, on a CPU
         epoch_recipes = ["pgd-at-small", "generalist-d-small", "generalist-t-small"]
@@ -102,6 +103,7 @@ def plan(device: str, smoke: bool, python: str, dataset: str | None = None) -> l
         # On a CPU the budgets only stop a hang: parts c and d start Ray worker groups, which on a loaded 2-core
         # machine took 120 s where an idle one takes 50 s (part d, the CI run of stop 24).
         budgets = (120, 120, 300, 300, 120)
+        graph_budget = 120
     else:
         epoch_recipes = ["pgd-at", "generalist-d", "generalist-t"]
         epoch_extra = ["--steps", "5", "--warmup", "2"]
@@ -109,10 +111,13 @@ def plan(device: str, smoke: bool, python: str, dataset: str | None = None) -> l
         side_args = ["--recipes", "generalist-d", "generalist-t", "--steps", "12", "--warmup", "4"]
         profile_args = ["--recipes", "pgd-at", "natural", "--steps", "3", "--warmup", "2"]
         budgets = (150, 60, 140, 130, 30)  # seconds; measured on one H100: b took 23 s, d about 115 s
+        graph_budget = 45  # not yet measured: b's recipes less one, plus a capture per learner and precision
     if dataset:  # speed parts on another dataset (synthetic-cifar10: CIFAR-10's shapes where its files are not)
         epoch_extra = [*epoch_extra, f"data.dataset={dataset}"]
         side_args = [*side_args, f"data.dataset={dataset}"]
         profile_args = [*profile_args, f"data.dataset={dataset}"]
+    graph_extra = [*epoch_extra]  # five warm-up steps: the graph's three eager ones, its capture, one replay
+    graph_extra[graph_extra.index("--warmup") + 1] = "5"
     return [
         Part("a", "GPU tests", [python, "-m", "pytest", "-m", "gpu", "tests/gpu", "-q", "-rs", "-p",
                                 "no:cacheprovider"], budgets[0], table_only=False),
@@ -124,6 +129,12 @@ def plan(device: str, smoke: bool, python: str, dataset: str | None = None) -> l
         Part("e", "epoch time with deterministic kernels (the price of bit-exact runs)",
              [python, str(bench / "epoch_time.py"), "--device", device, "--recipes", epoch_recipes[0],
               "--precisions", "fp32", *epoch_extra, "runtime.deterministic=true"], budgets[1] // 2),
+        # The step recorded as a CUDA graph (runtime.cuda_graph, generalist/graph_step.py): the same table as part b,
+        # with each learner's step path below it; the extra warm-up covers the graph's eager steps and its capture.
+        Part("g", "epoch time with the step as a CUDA graph", [python, str(bench / "epoch_time.py"), "--device", device,
+                                                              "--recipes", *epoch_recipes[:2], "--precisions", "fp32",
+                                                              "bf16", *graph_extra, "runtime.cuda_graph=true"],
+             graph_budget),
         Part("f", "one step under the profiler", [python, str(bench / "step_profile.py"), "--device", device,
                                                   *profile_args], budgets[4]),
         Part("c", "sync overhead on the device", [python, str(bench / "sync_overhead.py"), "--device", device,
@@ -187,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds a part), for a CPU or CI")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "gpu"),
                         help="folder of the results file (default: benchmarks/results/gpu)")
-    parser.add_argument("--parts", nargs="+", default=["a", "b", "e", "f", "c", "d"],
-                        choices=["a", "b", "c", "d", "e", "f"])
+    parser.add_argument("--parts", nargs="+", default=["a", "b", "e", "g", "f", "c", "d"],
+                        choices=["a", "b", "c", "d", "e", "f", "g"])
     parser.add_argument("--speed-dataset", help="dataset of the speed parts b, d and f, e.g. synthetic-cifar10 on a "
                         "machine without CIFAR-10 (the tests take $GENERALIST_TEST_DATASET)")
     args = parser.parse_args(argv)

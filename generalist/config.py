@@ -230,6 +230,9 @@ class RuntimeConfig:
     channels_last: bool | None = None  # model and inputs in channels-last memory format; None: on CUDA only
     data_on_device: bool | None = None  # training split held on the learner's device; None: on CUDA only
     compile: bool = False  # torch.compile the model (first steps pay the compilation)
+    # Record a learner's step as a CUDA graph and replay it (generalist.graph_step): CUDA, plain or PGD
+    # cross-entropy learners, not with compile or deterministic kernels; elsewhere the eager step runs.
+    cuda_graph: bool = False
     # Learners per Ray worker process. None = automatic (generalist.distributed.placement.resolve_grouping): the
     # learners that share a GPU share one worker, which trains them one after another with no context switch
     # between processes and mixes them with a device-local fold; otherwise one worker per learner. The numbers

@@ -11,6 +11,7 @@ from generalist.bn_stats import batchnorm_buffer_names
 from generalist.config import RunConfig
 from generalist.data import TrainStream, derive_seed
 from generalist.errors import TrainingDiverged
+from generalist.graph_step import GraphedStep, use_graph
 from generalist.mixing import StateDict, clock_tick, clone_state, ema_decay, ema_max_decay, lr_factor
 from generalist.models import build_model
 from generalist.objectives import objective_loss
@@ -49,7 +50,9 @@ class Learner:
         # Speed settings of the step (generalist.performance); identities with the fp32 CPU defaults.
         self.memory_format = channels_last_for(config.runtime, device)
         self.model = model_for_device(self.model, self.memory_format)
-        self.autocast = autocast_for(config.runtime, device)
+        graphed = use_graph(config.runtime, self.spec, device)
+        # A captured step must not keep autocast's cache of casted weights (the PyTorch docs on graphs and AMP).
+        self.autocast = autocast_for(config.runtime, device, cache_enabled=not graphed)
         self.forward_model = compiled(self.model, config.runtime.compile)
         if config.runtime.use_data_on_device(device.type):
             stream.hold_on(device)
@@ -81,6 +84,8 @@ class Learner:
         self.steps_done = 0
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(derive_seed(config.seed, 1, index))  # seed stream 1: attacks, per learner
+        # runtime.cuda_graph: the step recorded once and replayed (generalist.graph_step); else the eager step.
+        self.train_step = self._graphed_step() if graphed else self._eager_step
 
     @property
     def name(self) -> str:
@@ -103,11 +108,7 @@ class Learner:
         for step in range(first_step, first_step + n):
             x, y = self.stream.batch(epoch - 1, step, self.device)
             x = x.contiguous(memory_format=self.memory_format)  # a no-op for the default format
-            with self.autocast():  # the attack's and the training's forward passes (backward follows their dtypes)
-                loss, logits = objective_loss(self.forward_model, x, y, self.spec, self.generator, self.steps_done)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            loss, logits = self.train_step(x, y)
             decay = ema_decay(self.ema_steps, self.max_decay)
             self._update_ema(live_floats, live_integers, decay, into_spare=first_update_of_round)
             first_update_of_round = False
@@ -132,6 +133,18 @@ class Learner:
                 "The last good checkpoint was kept.")
         return RoundStats(self.name, epoch, self.steps_done, mean_loss, correct.item() / images, lr,
                           time.perf_counter() - start, images, tick)
+
+    def _eager_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on the batch (x, y): the objective's loss and the logits it was computed on."""
+        with self.autocast():  # the attack's and the training's forward passes (backward follows their dtypes)
+            loss, logits = objective_loss(self.forward_model, x, y, self.spec, self.generator, self.steps_done)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss, logits
+
+    def _graphed_step(self) -> GraphedStep:
+        return GraphedStep(self._eager_step, self.optimizer, self.generator, self.name)
 
     @torch.no_grad()
     def _update_ema(self, live_floats: list[torch.Tensor], live_integers: list[torch.Tensor], decay: float,
@@ -186,3 +199,5 @@ class Learner:
         self.ema_steps = int(saved["ema_steps"])
         self.steps_done = int(saved["steps_done"])
         self.generator.set_state(saved["generator"].cpu() if hasattr(saved["generator"], "cpu") else saved["generator"])
+        if isinstance(self.train_step, GraphedStep):  # a graph reads the momentum buffers just replaced: record it again
+            self.train_step = self._graphed_step()

@@ -19,19 +19,20 @@ from generalist.errors import ConfigError
 __all__ = ["autocast_for", "channels_last_for", "compiled", "model_for_device"]
 
 
-def autocast_for(runtime: RuntimeConfig, device: torch.device) -> Callable[[], ContextManager]:
+def autocast_for(runtime: RuntimeConfig, device: torch.device,
+                 cache_enabled: bool = True) -> Callable[[], ContextManager]:
     """A factory of the context the attack's and the training's passes run in: bf16 autocast, or nothing.
 
     Under it matmuls and convolutions run in bf16 while parameters, gradients, the optimiser, the EMA and
     the attack's delta stay fp32 (autocast casts at each op's input; elementwise ops, the loss and the
     projection onto the threat's ball keep their fp32 inputs). bf16 has fp32's exponent range, so no loss
-    scaling is needed."""
+    scaling is needed. `cache_enabled=False` for a step recorded as a CUDA graph (generalist.graph_step)."""
     if runtime.precision == "fp32":
         return contextlib.nullcontext
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"runtime.precision=bf16 but {torch.cuda.get_device_name(device)} has no bf16 support "
                           "(it needs compute capability >= 8.0, e.g. A100, H100, RTX 30xx); use runtime.precision=fp32")
-    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
 
 
 def channels_last_for(runtime: RuntimeConfig, device: torch.device) -> torch.memory_format:

@@ -114,3 +114,28 @@ def test_a_resumed_gpu_run_ends_byte_identical_to_an_uninterrupted_one(tmp_path)
     train(config, tmp_path / "resumed", resume=True, quiet=True)
     reference = (tmp_path / "reference" / "final" / "global.pt").read_bytes()
     assert (tmp_path / "resumed" / "final" / "global.pt").read_bytes() == reference
+
+
+@pytest.mark.parametrize("recipe", ["pgd-at-small", "natural-small"])
+def test_the_graph_step_gives_the_losses_of_the_eager_step(recipe):
+    """runtime.cuda_graph: after its eager warm-up the step is replayed from a graph, recorded again when the learning
+    rate changes (epoch 2 of the tiny schedule has a tenth of epoch 1's), and its losses and weights follow the eager
+    step's: the same kernels, the attack's random starts drawn from the same generator. The tolerances were set
+    before any GPU ran this test; the message gives the measured differences."""
+    from generalist.graph_step import GraphedStep
+
+    rounds, weights = {}, {}
+    for graph in (False, True):
+        config = tiny_config(recipe, f"runtime.cuda_graph={str(graph).lower()}")
+        data = prepare_run_data(config)
+        learner = Learner(config, 0, data.initial_state, data.stream, data.model_kwargs, CUDA)
+        assert isinstance(learner.train_step, GraphedStep) == graph
+        rounds[graph] = [learner.run_steps(1, 0, 6), learner.run_steps(1, 6, 4), learner.run_steps(2, 0, 6)]
+        weights[graph] = torch.cat([t.flatten().float() for t in learner.ema.values()])
+        if graph:
+            assert not learner.train_step.failed, "the capture failed (the notice above says why)"
+            assert learner.train_step.captures == len({r.lr for r in rounds[graph]}), "one capture per learning rate"
+    eager, graphed = ([r.loss for r in rounds[g]] for g in (False, True))
+    drift = ((weights[True] - weights[False]).abs().max() / weights[False].abs().max()).item()
+    assert graphed == pytest.approx(eager, rel=1e-3), f"losses eager {eager}, graph {graphed}; weight drift {drift:.2e}"
+    assert drift < 1e-3, f"EMA weights differ by {drift:.2e} of their largest (losses {eager} / {graphed})"

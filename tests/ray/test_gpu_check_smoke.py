@@ -27,7 +27,7 @@ def test_gpu_check_smoke_on_cpu_writes_every_part_into_one_results_file(tmp_path
     results = results_file.read_text()
     assert "Command: `PYTHONPATH=. python benchmarks/gpu_check.py --device cpu --smoke" in results
     assert re.search(r"^\| torch \| \S+", results, re.M) and "| ray |" in results
-    for key in ("a", "b", "e", "f", "c", "d"):
+    for key in ("a", "b", "e", "g", "f", "c", "d"):
         assert part_status(results, key) == "ok", f"part {key}:\n{done.stdout}\n{results}"
     assert done.returncode == 0
     sync = results.split("## c.")[1].split("## d.")[0]

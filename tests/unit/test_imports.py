@@ -34,6 +34,7 @@ LAYERS: dict[str, int] = {
     "generalist.models": 2, "generalist.attacks": 2, "generalist.losses": 2, "generalist.data": 2,
     "generalist.objectives": 2, "generalist.baselines": 2, "generalist.autoattack_eval": 2, "generalist.repro": 2,
     "generalist.performance": 2,  # autocast, memory format, compile of a learner's step
+    "generalist.graph_step": 2,  # a learner's step recorded once as a CUDA graph and replayed
     "generalist.adversarial_points": 2,  # a learner's training points: PGD of its attack in eval mode
     "generalist.packed_state": 2,  # a state dict in one buffer: what mixing and the collectives move
     "generalist.bn_stats": 2,  # BatchNorm statistics re-estimated from data (the global learner's)
