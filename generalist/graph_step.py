@@ -116,8 +116,9 @@ class GraphedStep:
         """Record the step on fresh static inputs; nothing runs until the first replay. The old graph's memory
         pool is reused, so a new learning rate costs no new memory."""
         pool = self.graph.pool() if self.graph is not None else None
-        self.static_x = torch.empty_like(x)
-        self.static_y = torch.empty_like(y)
+        # Filled before the capture as well as before each replay: what a capture reads is then always a real batch.
+        self.static_x = x.clone()
+        self.static_y = y.clone()
         # Gradients must be unset when the capture starts, so that the recorded backward writes them (at addresses
         # of the graph's pool) instead of accumulating into tensors outside it.
         self.optimizer.zero_grad(set_to_none=True)

@@ -199,5 +199,5 @@ class Learner:
         self.ema_steps = int(saved["ema_steps"])
         self.steps_done = int(saved["steps_done"])
         self.generator.set_state(saved["generator"].cpu() if hasattr(saved["generator"], "cpu") else saved["generator"])
-        if isinstance(self.train_step, GraphedStep):  # a graph reads the momentum buffers just replaced: record it again
+        if isinstance(self.train_step, GraphedStep):  # its graph reads the momentum buffers just replaced
             self.train_step = self._graphed_step()
