@@ -1,5 +1,6 @@
-"""runtime.cuda_graph (generalist.graph_step): where the recorded step applies, and that on a CPU, where it never
-does, asking for it changes no number. The graph itself needs a GPU: tests/gpu/test_gpu_training.py."""
+"""runtime.cuda_graph (generalist.graph_step): where the recorded step applies; that on a CPU, where it never
+does, asking for it changes no number; and GraphedStep's own logic on a fake CUDA graph. The real graph needs a
+GPU: tests/gpu/test_gpu_training.py."""
 
 from __future__ import annotations
 
