@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -14,6 +15,19 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def load_script(path: Path, name: str):
+    """A script that is not a package module (benchmarks/, jobs/), imported from its file under `name`. Its folder
+    goes on sys.path first, so that it imports its neighbours (protocol.py imports tables.py), and the module is
+    registered before it runs (dataclasses look their module up while the class is built)."""
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def find_test_data_root() -> Path:

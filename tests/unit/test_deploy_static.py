@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import load_script
+
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs" / "deploy.md"
 JOBS_README = REPO / "jobs" / "README.md"
@@ -40,10 +42,7 @@ PLACEHOLDERS = {"YOUR_REGISTRY", "YOUR_EFS_ID", "YOUR_AMI_ID"}
 
 def script(name: str):
     """A module of jobs/ (not a package: `ray job submit` runs them as scripts)."""
-    spec = importlib.util.spec_from_file_location(f"jobs_{name}", REPO / "jobs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "jobs" / f"{name}.py", f"jobs_{name}")
 
 
 IMAGE_PYTHON = "3.12"  # Ubuntu 24.04's python3, the base image's

@@ -3,20 +3,17 @@ its children, and recorded as timed out; a failing part is recorded with its exi
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import time
 from pathlib import Path
+
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "benchmarks" / "gpu_check.py", "gpu_check")
 
 
 def test_a_hanging_part_and_its_children_are_killed_at_the_budget_and_recorded(tmp_path):

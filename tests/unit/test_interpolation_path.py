@@ -3,25 +3,21 @@ exactly, and a point is in the goal box only when it beats its own seed's PGD-AT
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import torch
 
+from conftest import load_script
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "accuracy" / "interpolation_path.py"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("interpolation_path", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def load_interpolation_path():
+    return load_script(SCRIPT, "interpolation_path")
 
 
 def test_the_path_starts_at_the_linf_learner_ends_at_the_natural_one_and_keeps_integer_buffers():
-    path = load_script()
+    path = load_interpolation_path()
     a = {"w": torch.randn(5), "bn.num_batches_tracked": torch.tensor(7)}
     b = {"w": torch.randn(5), "bn.num_batches_tracked": torch.tensor(9)}
     assert torch.equal(path.interpolate(a, b, 0.0)["w"], a["w"])
@@ -35,7 +31,7 @@ def fake_seed(seed: int, reference: tuple[float, float], points: dict[float, tup
         return {"clean_acc": clean, "pgd_acc_Linf": robust}
 
     path = [{"natural_weight": w, "stored": acc(*points.get(w, (0, 0))), "reestimated": acc(*points.get(w, (0, 0)))}
-            for w in load_script().WEIGHTS]
+            for w in load_interpolation_path().WEIGHTS]
     return {"seed": seed, "path": path, "pgd_at": {"shipped": acc(*reference), "stored": acc(*reference)},
             "global": {"shipped": acc(0, 0), "stored": acc(0, 0)}, "stored_global_drift": 0.0, "points": 10,
             "pgd_steps": 10}
@@ -47,7 +43,7 @@ def goal_column(table: str) -> dict[str, str]:
 
 
 def test_a_point_is_in_the_goal_box_only_when_every_seed_beats_its_own_pgd_at_by_the_margins():
-    path = load_script()
+    path = load_interpolation_path()
     # Seed 0: PGD-AT 40 / 30. Seed 1: PGD-AT 50 / 20.
     results = [fake_seed(0, (40, 30), {0.3: (42, 29), 0.4: (42, 29), 0.5: (41.9, 29)}),
                fake_seed(1, (50, 20), {0.3: (52, 19), 0.4: (52, 18.9), 0.5: (52, 19)})]

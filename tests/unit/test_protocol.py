@@ -4,22 +4,18 @@ config continues with --resume, and one that never reached its first checkpoint 
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import load_script
+
 PROTOCOL = Path(__file__).resolve().parents[2] / "benchmarks" / "accuracy" / "protocol.py"
 
 
 def load_protocol():
-    sys.path.insert(0, str(PROTOCOL.parent))  # protocol imports its neighbour `tables`
-    spec = importlib.util.spec_from_file_location("study_protocol", PROTOCOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(PROTOCOL, "study_protocol")
 
 
 def commands_of_train_one(tmp_path, monkeypatch, make_folder) -> list[list[str]]:

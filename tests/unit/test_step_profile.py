@@ -4,19 +4,15 @@ check's CPU smoke, tests/ray/test_gpu_check_smoke.py)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
+
+from conftest import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "step_profile.py"
 
 
 def load_step_profile():
-    sys.path.insert(0, str(SCRIPT.parent))  # step_profile imports its neighbour `epoch_time`
-    spec = importlib.util.spec_from_file_location("step_profile", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "step_profile")
 
 
 def test_busy_time_is_the_union_of_kernel_intervals():

@@ -5,24 +5,20 @@ union only if it is robust under every threat; an evaluation can only lower a nu
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import load_script
+
 TABLES = Path(__file__).resolve().parents[2] / "benchmarks" / "accuracy" / "tables.py"
 
 
 def load_tables():
-    spec = importlib.util.spec_from_file_location("study_tables", TABLES)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    return load_script(TABLES, "study_tables")
 
 
 def write_eval(folder: Path, clean: list[bool], robust: dict[str, list[bool]], autoattack: bool) -> None:

@@ -4,21 +4,16 @@ and a run whose evaluations are all published leaves no archive behind."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
+
+from conftest import load_script
 
 UNFINISHED = Path(__file__).resolve().parents[2] / "benchmarks" / "accuracy" / "unfinished.py"
 
 
 def load_unfinished():
-    sys.path.insert(0, str(UNFINISHED.parent))  # it imports its neighbour `tables`
-    spec = importlib.util.spec_from_file_location("study_unfinished", UNFINISHED)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(UNFINISHED, "study_unfinished")
 
 
 def training_run(runs: Path, name: str) -> Path:
