@@ -124,7 +124,9 @@ class GraphedStep:
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         graph.register_generator_state(self.generator)  # each replay advances it, as the eager draws would
-        with torch.cuda.graph(graph, pool=pool):
+        # thread_local: the mixing's background thread (generalist.distributed.collective_sync) may be moving states
+        # on its own stream meanwhile; the default "global" mode would fail its CUDA calls during the capture.
+        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
             self.static_loss, self.static_logits = self.eager_step(self.static_x, self.static_y)
         self.graph = graph
         self.captures += 1

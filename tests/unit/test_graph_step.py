@@ -66,7 +66,7 @@ class FakeGraph:
 class FakeCapture:
     """torch.cuda.graph(graph, pool=...): what runs inside is recorded, not applied."""
 
-    def __init__(self, graph, pool=None):
+    def __init__(self, graph, pool=None, capture_error_mode="global"):
         self.graph = graph
 
     def __enter__(self):
