@@ -298,6 +298,10 @@ def write_converged_study(runs: Path, results: Path, recipes: list[str], seeds: 
         if differences := tables.difference_table(combined):
             lines += ["Generalist minus its baselines, paired by seed (same validation split, initial weights and "
                       "batch order); in brackets each seed's difference:", "", differences, ""]
+        if by_point := tables.point_pairs_table(combined):
+            lines += ["The same seed by seed on the same test points; in brackets the points correct (or robust) in "
+                      "Generalist's model only / in the baseline's only (the paired standard error of one seed's "
+                      "difference is about sqrt(their sum) / points):", "", by_point, ""]
         lines += [f"![trade-off, {checkpoint}]({plot.name})", ""]
     if not found:
         log("nothing evaluated yet: no table")

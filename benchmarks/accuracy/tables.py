@@ -38,6 +38,9 @@ class Combined:
     train_seconds: float | None = None
     syncs: int | None = None
     sync_seconds: float | None = None
+    # Column ("clean", a threat, "union") -> the test points correct or robust there; None where only the
+    # evaluations' aggregates are left (published before per-point results were).
+    points: dict[str, frozenset[int]] | None = field(default=None, compare=False, repr=False)
 
 
 def evaluations(folder: Path) -> dict[str, tuple[Path, Path | None]]:
@@ -105,6 +108,9 @@ def from_points(evals: list[tuple[dict, Path]], name: str, seed: int) -> Combine
         out.robust[norm] = 100 * sum(robust[norm][i] for i in shared) / n
         out.attacks[norm] = " + ".join(sorted(attacks[norm]))
     out.robust["union"] = 100 * sum(all(robust[t][i] for t in robust) for i in shared) / n
+    out.points = {"clean": frozenset(i for i in shared if clean[i]),
+                  **{norm: frozenset(i for i in shared if robust[norm][i]) for norm in robust},
+                  "union": frozenset(i for i in shared if all(robust[t][i] for t in robust))}
     return out
 
 
@@ -193,6 +199,35 @@ def difference_table(runs: list[Combined], claims: dict[str, tuple[str, ...]] = 
                 each = " (" + ", ".join(f"{d:+.1f}" for d in deltas) + ")" if len(deltas) > 1 else ""
                 cells.append(fmt(deltas) + each if deltas else "-")
             lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else None
+
+
+def point_pairs_table(runs: list[Combined], claims: dict[str, tuple[str, ...]] = CLAIMS) -> str | None:
+    """Generalist minus baseline seed by seed on the same test points, with the points that decide it: in
+    brackets, how many are correct (or robust) in Generalist's model only and in the baseline's only. The paired
+    standard error of a difference is about sqrt(only ours + only theirs) / n: how far one seed's difference is from
+    noise on these points (not from seed to seed). None without per-point results for any pair."""
+    by_name = group(runs)
+    threats = [t for t in THREATS if any(t in r.robust for r in runs)]
+    columns = ["clean", *threats, "union"]
+    head = ["difference (points), paired by point", "seed", *columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for generalist, baselines in claims.items():
+        ours = {r.seed: r for r in by_name.get(generalist, []) if r.points is not None}
+        for baseline in baselines:
+            theirs = {r.seed: r for r in by_name.get(baseline, []) if r.points is not None}
+            for seed in sorted(set(ours) & set(theirs)):
+                a, b = ours[seed], theirs[seed]
+                if a.n != b.n:
+                    continue  # not the same test points
+                cells = [f"{generalist} - {baseline}", str(seed)]
+                for column in columns:
+                    if column not in a.points or column not in b.points:
+                        cells.append("-")
+                        continue
+                    only_a, only_b = len(a.points[column] - b.points[column]), len(b.points[column] - a.points[column])
+                    cells.append(f"{100 * (only_a - only_b) / a.n:+.1f} ({only_a} / {only_b})")
+                lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else None
 
 

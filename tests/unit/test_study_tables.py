@@ -163,3 +163,22 @@ def test_a_trade_off_axis_spans_at_least_the_noise_of_its_points():
     widened = load_tables().widened
     assert widened(45.5, 45.6) == (45.55 - 2.0, 45.55 + 2.0)  # two runs 0.1 apart: not at opposite corners
     assert widened(12.9, 21.5) == (12.9, 21.5)  # a real gap keeps its own limits
+
+
+def test_a_seeds_difference_is_shown_with_the_points_that_decide_it(tmp_path):
+    tables = load_tables()
+    runs = []
+    for name, clean, linf, l2 in (("generalist-mn", [True, True, True, False], [True, True, True, False],
+                                   [True, False, False, False]),
+                                  ("max", [True, True, False, True], [True, False, False, False],
+                                   [False, False, False, True])):
+        write_eval(tmp_path / name / "eval" / "aa-standard-Linf+L2", clean, {"Linf": linf, "L2": l2}, autoattack=True)
+        runs.append(tables.combine_run(tmp_path / name, name, 0))
+
+    (row,) = [line for line in tables.point_pairs_table(runs).splitlines() if line.startswith("| generalist-mn")]
+
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # clean: point 2 in mn only, point 3 in max only; Linf: points 1 and 2 in mn only; union: point 0 in mn only.
+    assert cells == ["generalist-mn - max", "0", "+0.0 (1 / 1)", "+50.0 (2 / 0)", "+0.0 (1 / 1)", "+25.0 (1 / 0)"]
+    without_points = [tables.Combined(r.name, r.seed, r.n, r.clean, r.robust) for r in runs]  # published before
+    assert tables.point_pairs_table(without_points) is None
