@@ -176,30 +176,45 @@ def accuracy_table(runs: list[Combined]) -> str:
 CLAIMS = {"generalist-d": ("pgd-at", "trades"), "generalist-mn": ("avg", "max"), "generalist-t": ("avg", "max")}
 
 
+def _claim_pairs(runs: list[Combined], claims: dict[str, tuple[str, ...]], usable=lambda run: True):
+    """For each claim (Generalist recipe, baseline): its name, the baseline's, and their usable runs by seed."""
+    by_name = group(runs)
+    for generalist, baselines in claims.items():
+        ours = {r.seed: r for r in by_name.get(generalist, []) if usable(r)}
+        for baseline in baselines:
+            yield generalist, baseline, ours, {r.seed: r for r in by_name.get(baseline, []) if usable(r)}
+
+
+def _columns(runs: list[Combined]) -> list[str]:
+    return ["clean", *[t for t in THREATS if any(t in r.robust for r in runs)], "union"]
+
+
+def _markdown(head: list[str], rows: list[list[str]]) -> str | None:
+    """A Markdown table, or None without rows."""
+    if not rows:
+        return None
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                      *("| " + " | ".join(cells) + " |" for cells in rows)])
+
+
 def difference_table(runs: list[Combined], claims: dict[str, tuple[str, ...]] = CLAIMS) -> str | None:
     """Generalist minus baseline, paired by seed (the same seed draws the same validation split, initial
     weights and batch order), mean ± std over the shared seeds, and each seed's difference: how a difference
     compares with the seed-to-seed spread. None when no pair has a shared seed."""
-    by_name = group(runs)
-    threats = [t for t in THREATS if any(t in r.robust for r in runs)]
-    columns = ["clean", *threats, "union"]
-    head = ["difference (points)", "seeds", *columns]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for generalist, baselines in claims.items():
-        ours = {r.seed: r for r in by_name.get(generalist, [])}
-        for baseline in baselines:
-            theirs = {r.seed: r for r in by_name.get(baseline, [])}
-            seeds = sorted(set(ours) & set(theirs))
-            if not seeds:
-                continue
-            cells = [f"{generalist} - {baseline}", ",".join(map(str, seeds))]
-            for column in columns:
-                pairs = [(_value(ours[s], column), _value(theirs[s], column)) for s in seeds]
-                deltas = [a - b for a, b in pairs if a is not None and b is not None]
-                each = " (" + ", ".join(f"{d:+.1f}" for d in deltas) + ")" if len(deltas) > 1 else ""
-                cells.append(fmt(deltas) + each if deltas else "-")
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) if len(lines) > 2 else None
+    columns = _columns(runs)
+    rows = []
+    for generalist, baseline, ours, theirs in _claim_pairs(runs, claims):
+        seeds = sorted(set(ours) & set(theirs))
+        if not seeds:
+            continue
+        cells = [f"{generalist} - {baseline}", ",".join(map(str, seeds))]
+        for column in columns:
+            pairs = [(_value(ours[s], column), _value(theirs[s], column)) for s in seeds]
+            deltas = [a - b for a, b in pairs if a is not None and b is not None]
+            each = " (" + ", ".join(f"{d:+.1f}" for d in deltas) + ")" if len(deltas) > 1 else ""
+            cells.append(fmt(deltas) + each if deltas else "-")
+        rows.append(cells)
+    return _markdown(["difference (points)", "seeds", *columns], rows)
 
 
 def point_pairs_table(runs: list[Combined], claims: dict[str, tuple[str, ...]] = CLAIMS) -> str | None:
@@ -207,28 +222,22 @@ def point_pairs_table(runs: list[Combined], claims: dict[str, tuple[str, ...]] =
     brackets, how many are correct (or robust) in Generalist's model only and in the baseline's only. The paired
     standard error of a difference is about sqrt(only ours + only theirs) / n: how far one seed's difference is from
     noise on these points (not from seed to seed). None without per-point results for any pair."""
-    by_name = group(runs)
-    threats = [t for t in THREATS if any(t in r.robust for r in runs)]
-    columns = ["clean", *threats, "union"]
-    head = ["difference (points), paired by point", "seed", *columns]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for generalist, baselines in claims.items():
-        ours = {r.seed: r for r in by_name.get(generalist, []) if r.points is not None}
-        for baseline in baselines:
-            theirs = {r.seed: r for r in by_name.get(baseline, []) if r.points is not None}
-            for seed in sorted(set(ours) & set(theirs)):
-                a, b = ours[seed], theirs[seed]
-                if a.n != b.n:
-                    continue  # not the same test points
-                cells = [f"{generalist} - {baseline}", str(seed)]
-                for column in columns:
-                    if column not in a.points or column not in b.points:
-                        cells.append("-")
-                        continue
-                    only_a, only_b = len(a.points[column] - b.points[column]), len(b.points[column] - a.points[column])
-                    cells.append(f"{100 * (only_a - only_b) / a.n:+.1f} ({only_a} / {only_b})")
-                lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) if len(lines) > 2 else None
+    columns = _columns(runs)
+    rows = []
+    for generalist, baseline, ours, theirs in _claim_pairs(runs, claims, lambda r: r.points is not None):
+        for seed in sorted(set(ours) & set(theirs)):
+            a, b = ours[seed], theirs[seed]
+            if a.n != b.n:
+                continue  # not the same test points
+            cells = [f"{generalist} - {baseline}", str(seed)]
+            for column in columns:
+                if column not in a.points or column not in b.points:
+                    cells.append("-")
+                    continue
+                only_a, only_b = len(a.points[column] - b.points[column]), len(b.points[column] - a.points[column])
+                cells.append(f"{100 * (only_a - only_b) / a.n:+.1f} ({only_a} / {only_b})")
+            rows.append(cells)
+    return _markdown(["difference (points), paired by point", "seed", *columns], rows)
 
 
 def _value(run: Combined, column: str) -> float | None:

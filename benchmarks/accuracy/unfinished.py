@@ -22,7 +22,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tables  # noqa: E402 - this folder's module, beside the script
+import protocol  # noqa: E402 - this folder's modules, beside the script
+import tables  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 RUNS = REPO / "runs" / "accuracy-cpu"
@@ -36,9 +37,7 @@ def finished(run_dir: Path, results: Path) -> bool:
     config = run_dir / "config.json"
     if not (run_dir / "final" / "summary.json").is_file() or not config.is_file():
         return False
-    kinds = ["final", "best"]
-    if json.loads(config.read_text())["mixing"].get("global_bn") == "reestimate":
-        kinds += ["final-savedbn", "best-savedbn"]
+    kinds = ["final", "best"] + (["final-savedbn", "best-savedbn"] if protocol.reestimates_bn(run_dir) else [])
     published = results / "runs" / run_dir.name
     return all(tables.checkpoint_folders(published, kind) for kind in kinds)
 
