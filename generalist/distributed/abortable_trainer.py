@@ -5,7 +5,7 @@ a bad config or a bad dataset fails the same way on every retry, so the driver a
 coordinator reports such an error. Ray Train aborts a run through its controller actor (what Ctrl-C does), but
 `fit()` does not hand out the controller's handle; this subclass keeps it. The method it overrides is Ray
 2.60's own (`DataParallelTrainer._initialize_and_run_controller`, pinned in requirements/lock.in), with the
-handle stored; tests/ray/test_ray_backend.py fails if the abort stops working.
+handle stored; tests/ray/test_ray_errors.py fails if the abort stops working.
 
 It also gives Ray Train's own barrier a deadline. `ray.train.report` waits for every worker (the workers agree
 on the checkpoint's folder), with no timeout by default, so a learner that hangs after the last sync and before
