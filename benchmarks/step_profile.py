@@ -14,6 +14,11 @@ own Learner.run_steps, one step per call, each ending in the step's host sync):
   touch of freshly mapped pages: with the fill off that page-fault time moves into the next kernel (measured on the
   2-core machine, 2026-12-04, generalist-d-small: the linf step took 1.05x, the natural one 0.92x the time with the
   fill on, the bits unchanged), so it is not a saving.
+- BatchNorm: the self time of the BatchNorm operations (CPU) or kernels (GPU, cuDNN's `bn_*` and PyTorch's
+  `batch_norm_*`), ms per step and as a share of all self time. It bounds what folding BatchNorm into the
+  convolutions of the eval-mode attack could save (issue: the GPU step near the hardware limit): that saves at most
+  the attack's share, which is about the PGD learner's BatchNorm time less the natural learner's (the same training
+  pass without the attack's ten eval-mode forward and input-gradient passes).
 This is the "before" of a step without Python between kernels: a graph-captured step should launch the same
 kernels with the device busy most of the time.
 
@@ -27,6 +32,7 @@ import argparse
 import collections
 import itertools
 import os
+import re
 import time
 
 import torch
@@ -62,6 +68,14 @@ def is_outermost_op(event) -> bool:
     return event.name.startswith("aten::") and (parent is None or not parent.name.startswith("aten::"))
 
 
+def is_batch_norm(name: str) -> bool:
+    """An operation (aten::native_batch_norm, aten::native_batch_norm_backward, ...) or a kernel (cuDNN's
+    bn_fw_inf_*, bn_fw_tr_*, bn_bw_*; PyTorch's batch_norm_* and the elementwise kernels of batch_norm_elementwise)
+    of BatchNorm."""
+    lowered = name.lower()
+    return "batch_norm" in lowered or re.search(r"(^|[^a-z0-9])bn_(fw|bw)", lowered) is not None
+
+
 def profile_learner(learner: Learner, steps_per_epoch: int, steps: int, warmup: int, device: torch.device) -> dict:
     position = itertools.count()  # successive steps of epoch 1, wrapping around
 
@@ -91,10 +105,14 @@ def profile_learner(learner: Learner, steps_per_epoch: int, steps: int, warmup: 
         for average in prof.key_averages():
             if average.key.startswith("aten::"):
                 self_us[average.key] += average.self_cpu_time_total
+    total_us = sum(self_us.values())
+    batch_norm_us = sum(us for name, us in self_us.items() if is_batch_norm(name))
     busy = union_length([(k.time_range.start, k.time_range.end) for k in kernels]) / profiled_wall_us if on_gpu \
         else None
     return {"learner": learner.name, "ms_per_step": 1e3 * seconds_per_step, "ops_per_step": len(ops) / steps,
             "kernels_per_step": len(kernels) / steps if on_gpu else None, "busy": busy,
+            "batch_norm_ms": batch_norm_us / steps / 1e3,
+            "batch_norm_share": batch_norm_us / total_us if total_us else 0.0,
             "top": [(name, us / steps / 1e3) for name, us in self_us.most_common(10)]}
 
 
@@ -129,13 +147,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# one step per learner under torch.profiler: {args.steps} steps timed and {args.steps} profiled after "
           f"{args.warmup} warm-up; {describe_device('cuda' if on_gpu else 'cpu')}; torch {torch.__version__}, "
           f"{args.threads} CPU thread(s)" + (f"; overrides: {' '.join(args.overrides)}" if args.overrides else ""))
-    print("| recipe | model | batch | precision | learner | ms / step | ops / step | kernels / step | device busy |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| recipe | model | batch | precision | learner | ms / step | ops / step | kernels / step | device busy "
+          "| BatchNorm ms / step | BatchNorm share |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         kernels = f"{r['kernels_per_step']:.0f}" if r["kernels_per_step"] is not None else "-"
         busy = f"{100 * r['busy']:.0f} %" if r["busy"] is not None else "-"
         print(f"| {r['recipe']} | {r['model']} | {r['batch']} | {r['precision']} | {r['learner']} | "
-              f"{r['ms_per_step']:.1f} | {r['ops_per_step']:.0f} | {kernels} | {busy} |")
+              f"{r['ms_per_step']:.1f} | {r['ops_per_step']:.0f} | {kernels} | {busy} | {r['batch_norm_ms']:.2f} | "
+              f"{100 * r['batch_norm_share']:.0f} % |")
     what = "kernels" if on_gpu else "aten operations"
     for r in rows:
         print(f"#### {r['recipe']} / {r['learner']}: the ten {what} with the most self time, ms per step")

@@ -38,8 +38,8 @@ def test_gpu_check_smoke_on_cpu_writes_every_part_into_one_results_file(tmp_path
         for precision in ("fp32", "bf16"):
             assert re.search(rf"^\| {recipe} \| {precision} \| small-cnn \|", epoch, re.M), (recipe, precision)
     profile = results.split("## f.")[1].split("## c.")[0]
-    assert re.search(r"^\| pgd-at-small \| small-cnn \| 128 \| fp32 \| linf \| [\d.]+ \| \d+ \| - \| - \|", profile,
-                     re.M), profile
+    assert re.search(r"^\| pgd-at-small \| small-cnn \| 128 \| fp32 \| linf \| [\d.]+ \| \d+ \| - \| - \| [\d.]+ \| \d+ % \|",
+                     profile, re.M), profile
     side = results.split("## d.")[1]
     assert re.search(r"^\| generalist-d-small \| 2 \| one CPU core per learner \| [\d.]+ \| [\d.]+ \| [\d.]+ \|",
                      side, re.M), side
