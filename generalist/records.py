@@ -8,6 +8,7 @@ tested without the loop: this module imports neither.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Sequence
 
 from generalist.config import RunConfig
 from generalist.mixing import is_communication_epoch
@@ -52,9 +53,13 @@ def epoch_rows(result: EpochResult) -> list[dict]:
             for name, metrics in result.accuracy.items()]
 
 
-def accuracy_fields(row: dict) -> dict[str, float]:
-    """The accuracy columns of an `epochs` row: clean_acc and pgd_acc_<norm>."""
-    return {k: v for k, v in row.items() if k == "clean_acc" or k.startswith("pgd_acc")}
+def accuracy_fields(row: dict, norms: Sequence[str] = ()) -> dict[str, float]:
+    """The accuracy columns of an `epochs` row: clean_acc, then pgd_acc_<norm> in the order of `norms` (the run's
+    threats, the order its validation prints them), then any other. Rows read back from the metrics store after a
+    resume keep their columns in the store's order, not the run's."""
+    fields = {k: v for k, v in row.items() if k == "clean_acc" or k.startswith("pgd_acc")}
+    first = [k for k in ("clean_acc", *(f"pgd_acc_{norm}" for norm in norms)) if k in fields]
+    return {k: fields[k] for k in [*first, *(k for k in fields if k not in first)]}
 
 
 def checkpoint_state(config: RunConfig, global_step: int, end_of_epoch: bool, best_score) -> dict:

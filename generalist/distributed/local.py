@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from generalist.config import RunConfig
+from generalist.evaluation.validation import run_threats
 from generalist.learner import Learner
 from generalist.mixing import GlobalLearner, StateDict
 from generalist.repro import resolve_device, set_determinism
@@ -70,7 +71,8 @@ def finish(config: RunConfig, data: RunData, folder: RunFolder, global_state: St
     """Write the final global model (generalist.training.shipped_global_state) and summary; print the last
     validation table."""
     latest = {row["model"]: row for row in sink.metrics.rows("epochs")}
-    last = {name: accuracy_fields(latest[name]) for name in [*config.learner_names, GLOBAL] if name in latest}
+    norms = [attack.norm for attack in run_threats(config)]
+    last = {name: accuracy_fields(latest[name], norms) for name in [*config.learner_names, GLOBAL] if name in latest}
     summary = {"recipe": config.recipe, "seed": config.seed, "backend": config.runtime.backend,
                "train_seconds_this_session": round(seconds, 2), "final_validation": last,
                "best_validation_score": sink.best_score}

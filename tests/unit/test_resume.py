@@ -329,3 +329,17 @@ def test_a_run_on_the_step_clock_with_reestimated_statistics_resumes_bit_identic
     stored = load_payload(reference / "checkpoints" / "last", "global")["state"]
     shipped = load_state_dict_file(reference / "final" / "global.pt")
     assert any(not torch.equal(stored[k], shipped[k]) for k in stored if k.endswith("running_var"))
+
+
+def test_the_final_table_of_a_resumed_run_keeps_the_runs_threat_order():
+    """After a resume the last epoch's row is read back from the metrics store, whose columns come in its own order
+    (a multi-norm run printed L2 before Linf, against every epoch table above it); the final table orders them as
+    the run's validation does: clean, then each threat in the run's order."""
+    from generalist.records import accuracy_fields
+    from generalist.run_folder import format_table
+
+    stored = {"model": "global", "epoch": 30, "pgd_acc_L2": 0.3915, "clean_acc": 0.4785, "pgd_acc_Linf": 0.254}
+    fields = accuracy_fields(stored, ["Linf", "L2"])
+    assert list(fields) == ["clean_acc", "pgd_acc_Linf", "pgd_acc_L2"]
+    assert format_table({"global": fields}).splitlines()[0] == "| model | clean_acc | pgd_acc_Linf | pgd_acc_L2 |"
+    assert list(accuracy_fields(stored)) == ["clean_acc", "pgd_acc_L2", "pgd_acc_Linf"]  # no order given: the row's
