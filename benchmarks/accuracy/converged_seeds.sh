@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The converged study, more seeds: train the recipes (-cpu; default generalist-d and pgd-at) for each seed given,
-# side by side at the lowest priority, then the four evaluations of each run (final and best global learner,
-# statistics as shipped and as stored; standard AutoAttack on the first 1,000 test points, Linf by default; two at
-# a time, every run's final global learner first), then the tables over seeds 0 to that seed. Resumable: run it
-# again to continue (the protocol resumes an interrupted training and skips finished evaluations), on this machine
-# or, through benchmarks/accuracy/unfinished.py, on another.
+# side by side at the lowest priority, and each run's four evaluations as soon as its own training ends (final and
+# best global learner, statistics as shipped and as stored; standard AutoAttack on the first 1,000 test points,
+# Linf by default; two jobs at a time, trainings first, then every final global learner before any best one), then
+# the tables over seeds 0 to that seed. Resumable: run it again to continue (the protocol resumes an interrupted
+# training and skips finished evaluations), on this machine or, through benchmarks/accuracy/unfinished.py, on another.
 #
 #   GENERALIST_DATA=/path/to/data bash benchmarks/accuracy/converged_seeds.sh 1 2     # seeds 1 and 2
 #   RECIPES="generalist-mn max" THREATS="Linf L2" STUDY=study-multinorm bash benchmarks/accuracy/converged_seeds.sh 0
@@ -27,9 +27,7 @@ export PYTHONPATH=$PWD RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 # machine is given back: `python benchmarks/accuracy/unfinished.py save` (the study stopped), and commit the archives.
 "$PY" benchmarks/accuracy/unfinished.py restore
 for seed in "$@"; do
-  nice -n 19 "$PY" benchmarks/accuracy/protocol.py --scale cpu --phase train --recipes "${recipes[@]}" \
-      --seeds "$seed" --jobs 2 --threats "${threats[@]}" --study "$study"
-  nice -n 19 "$PY" benchmarks/accuracy/protocol.py --scale cpu --phase eval --recipes "${recipes[@]}" \
+  nice -n 19 "$PY" benchmarks/accuracy/protocol.py --scale cpu --phase run --recipes "${recipes[@]}" \
       --seeds "$seed" --jobs 2 --threats "${threats[@]}" --study "$study"
   # shellcheck disable=SC2046  # the seeds 0..seed, as separate words
   nice -n 19 "$PY" benchmarks/accuracy/protocol.py --scale cpu --phase table --recipes "${table_recipes[@]}" \

@@ -11,7 +11,8 @@ AutoAttack robust accuracy (per threat and union) of each method, as mean +- std
   in runs/accuracy-cpu/.
 Evaluation is on the first N CIFAR-10 *test* points (default 1,000) with standard AutoAttack per threat.
 Every step is resumable: a finished run or evaluation is skipped, an interrupted training continues with
---resume, and AutoAttack keeps its own state. Runs go in parallel, one thread each.
+--resume, and AutoAttack keeps its own state. Runs go in parallel, one thread each; a run's evaluations start
+as soon as its own training ends (trainings first, then every final global learner before any best one).
 
     python benchmarks/accuracy/protocol.py --phase all            # the main table (8 recipes x 3 seeds)
     python benchmarks/accuracy/protocol.py --phase all --ablations  # the generalist-d ablations
@@ -30,13 +31,17 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as futures
+import heapq
+import itertools
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tables  # noqa: E402 - this folder's module, beside the script
@@ -138,15 +143,20 @@ def eval_one(run_dir: Path, n: int, threats: list[str], autoattack: str, checkpo
     return out
 
 
+def evaluation_stages(checkpoints: list[str]) -> list[tuple[str, str]]:
+    """The (checkpoint, statistics) of a run's evaluations, most wanted first: the final global learner as
+    shipped, then the best-on-validation one, then both scored with the statistics their EMA stored."""
+    return [(checkpoint, "auto") for checkpoint in checkpoints] + [("last", "saved"), ("best", "saved")]
+
+
 def evaluation_plan(run_dirs: list[Path], checkpoints: list[str]) -> list[list[tuple[Path, str, str]]]:
     """The evaluations of trained runs as chains of (run folder, checkpoint, statistics), most wanted first:
     every run's final global learner as shipped, then the best-on-validation ones, then both scored with the
     statistics their EMA stored (runs that re-estimate them). A chain runs in one worker, in order: a best
     checkpoint that is the final one rides behind it, so that its evaluation is a copy instead of an hour of
     AutoAttack started beside an identical one."""
-    stages = [[(run_dir, checkpoint, "auto") for run_dir in run_dirs] for checkpoint in checkpoints]
-    stages += [[(run_dir, checkpoint, "saved") for run_dir in run_dirs if reestimates_bn(run_dir)]
-               for checkpoint in ("last", "best")]
+    stages = [[(run_dir, checkpoint, bn) for run_dir in run_dirs if bn == "auto" or reestimates_bn(run_dir)]
+              for checkpoint, bn in evaluation_stages(checkpoints)]
     chains: list[list[tuple[Path, str, str]]] = []
     final_chain: dict[tuple[Path, str], list] = {}  # (run, statistics) -> the chain of its final evaluation
     for stage in stages:
@@ -158,6 +168,56 @@ def evaluation_plan(run_dirs: list[Path], checkpoints: list[str]) -> list[list[t
             if checkpoint in ("final", "last"):
                 final_chain[(run_dir, bn)] = chains[-1]
     return chains
+
+
+def train_then_evaluate(trainings: list, train: Callable[[Any], Path],
+                        chains_of: Callable[[Path], list[list[tuple[Path, str, str]]]],
+                        evaluate: Callable[[list[tuple[Path, str, str]]], None], workers: int,
+                        checkpoints: list[str], label: Callable[[Any], str]) -> list[str]:
+    """Train, and evaluate each run as soon as its own training ends, not when every training has (the eval
+    phase waits for the whole train phase: with runs that end far apart, a core idled for the difference, 35
+    minutes in the multi-norm chain of 2026-12-06). One pool of `workers` threads; each takes the most wanted
+    ready work: a training before any evaluation, then evaluation chains by stage across runs (every final
+    global learner before any best one), each stage in the order its runs finished. A failure is recorded and
+    returned, and the other work goes on."""
+    stage_rank = {stage: rank for rank, stage in enumerate(evaluation_stages(checkpoints), start=1)}
+    order = itertools.count()
+    ready = [(0, next(order), "train", job) for job in trainings]  # a heap of (rank, order, kind, work)
+    heapq.heapify(ready)
+    trainings_left = len(trainings)
+    changed = threading.Condition()
+    failures: list[str] = []
+
+    def work() -> None:
+        nonlocal trainings_left
+        while True:
+            with changed:
+                while not ready and trainings_left:  # nothing ready, but a training still to end may bring work
+                    changed.wait()
+                if not ready:
+                    return
+                _, _, kind, item = heapq.heappop(ready)
+            chains = []
+            try:
+                if kind == "train":
+                    chains = chains_of(train(item))
+                else:
+                    evaluate(item)
+            except Exception as error:  # noqa: BLE001 - one failed run must not stop the others
+                failures.append(f"{label(item)}: {error}")
+                log(f"FAILED {failures[-1]}")
+            with changed:
+                for chain in chains:
+                    heapq.heappush(ready, (stage_rank[chain[0][1:]], next(order), "eval", chain))
+                trainings_left -= kind == "train"
+                changed.notify_all()
+
+    threads = [threading.Thread(target=work, name=f"study-worker-{i}") for i in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return failures
 
 
 def best_is_final(run_dir: Path) -> bool:
@@ -324,7 +384,8 @@ def write_converged_study(runs: Path, results: Path, recipes: list[str], seeds: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phase", choices=["train", "eval", "table", "all"], default="all")
+    parser.add_argument("--phase", choices=["train", "eval", "run", "table", "all"], default="all",
+                        help="run: train, and evaluate each run as soon as its training ends; all: run, then table")
     parser.add_argument("--scale", choices=list(SCALES), default="small",
                         help="small: the -small recipes (8 epochs, 8,000 images); cpu: the -cpu recipes (converged)")
     parser.add_argument("--recipes", nargs="+", default=RECIPES)
@@ -371,12 +432,19 @@ def main() -> None:
             eval_one(run_dir, args.n, args.threats, args.autoattack, checkpoint, bn)
             publish(run_dir, results)  # each result committed-ready as it comes, not when every run is done
 
-    if args.phase in ("train", "all"):
-        run_all([(train, job) for job in jobs], lambda job: f"{job[0]}-seed{job[2]}")
+    def label(item) -> str:
+        """A training job or an evaluation chain, as a failure names it."""
+        return f"{item[0]}-seed{item[2]}" if isinstance(item[0], str) else f"{item[0][0].name} {item[0][1]}"
+
+    if args.phase == "train":
+        run_all([(train, job) for job in jobs], label)
+    if args.phase in ("run", "all"):
+        failures += train_then_evaluate(jobs, train, lambda run_dir: evaluation_plan([run_dir], scale["checkpoints"]),
+                                        evaluate, args.jobs, scale["checkpoints"], label)
     run_dirs = [runs / f"{name}-seed{seed}" for name, _, seed, _ in jobs]
-    if args.phase in ("eval", "all"):
+    if args.phase == "eval":
         plan = evaluation_plan([r for r in run_dirs if (r / "final" / "global.pt").exists()], scale["checkpoints"])
-        run_all([(evaluate, chain) for chain in plan], lambda chain: f"{chain[0][0].name} {chain[0][1]}")
+        run_all([(evaluate, chain) for chain in plan], label)
     for run_dir in run_dirs:
         publish(run_dir, results)
     # The train and eval phases write no table: a train phase of other recipes once rewrote study.md with their

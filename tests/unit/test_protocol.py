@@ -82,7 +82,7 @@ def test_the_multi_norm_tables_sit_beside_the_generalist_d_tables_not_over_them(
     assert (results / "study-multinorm-tradeoff-final.png").is_file()
 
 
-@pytest.mark.parametrize("phase", ["train", "eval"])
+@pytest.mark.parametrize("phase", ["train", "eval", "run"])
 def test_a_train_or_eval_phase_writes_no_table_over_a_published_study(tmp_path, monkeypatch, phase):
     protocol = load_protocol()
     results = tmp_path / "results"
@@ -144,3 +144,67 @@ def test_evaluations_run_most_wanted_first_and_a_best_that_is_final_waits_for_it
     assert plan == [[(a, "final", "auto"), (a, "best", "auto")], [(b, "final", "auto")], [(c, "final", "auto")],
                     [(b, "best", "auto")], [(c, "best", "auto")],
                     [(a, "last", "saved"), (a, "best", "saved")], [(b, "last", "saved")], [(b, "best", "saved")]]
+
+
+def test_a_runs_evaluations_start_when_its_own_training_ends_not_when_every_training_has():
+    """Run a trains fast and b slowly: a's final evaluation runs while b still trains (it must, or b's
+    training, which waits for it, would time out), and a training is taken before any evaluation."""
+    import threading
+
+    protocol = load_protocol()
+    a_evaluated, calls = threading.Event(), []
+
+    def train(job):
+        calls.append(("train", job))
+        if job == "b" and not a_evaluated.wait(timeout=30):
+            raise RuntimeError("a's evaluation waited for b's training")
+        return Path(job)
+
+    def chains_of(run_dir):
+        return [[(run_dir, "final", "auto"), (run_dir, "best", "auto")], [(run_dir, "last", "saved")]]
+
+    def evaluate(chain):
+        calls.append(("eval", str(chain[0][0]), chain[0][1]))
+        if chain[0][:2] == (Path("a"), "final"):
+            a_evaluated.set()
+
+    failures = protocol.train_then_evaluate(["a", "b"], train, chains_of, evaluate, workers=2,
+                                            checkpoints=["final", "best"], label=str)
+
+    assert failures == []
+    assert sorted(calls[:2]) == [("train", "a"), ("train", "b")]
+    assert sorted(calls[2:]) == [("eval", "a", "final"), ("eval", "a", "last"), ("eval", "b", "final"),
+                                 ("eval", "b", "last")]
+
+
+def test_one_worker_takes_trainings_first_then_every_final_evaluation_before_any_other():
+    protocol = load_protocol()
+    calls = []
+
+    def chains_of(run_dir):
+        return [[(run_dir, "best", "auto")], [(run_dir, "final", "auto")]]  # a stage's rank, not the list, orders
+
+    failures = protocol.train_then_evaluate(
+        ["a", "b", "c"], lambda job: calls.append(job) or Path(job), chains_of,
+        lambda chain: calls.append(f"{chain[0][0]} {chain[0][1]}"), workers=1, checkpoints=["final", "best"],
+        label=str)
+
+    assert failures == []
+    assert calls == ["a", "b", "c", "a final", "b final", "c final", "a best", "b best", "c best"]
+
+
+def test_a_failed_training_is_reported_and_the_other_runs_go_on():
+    protocol = load_protocol()
+    evaluated = []
+
+    def train(job):
+        if job == "a":
+            raise RuntimeError("diverged")
+        return Path(job)
+
+    failures = protocol.train_then_evaluate(
+        ["a", "b"], train, lambda run_dir: [[(run_dir, "final", "auto")]],
+        lambda chain: evaluated.append(str(chain[0][0])), workers=2, checkpoints=["final"], label=str)
+
+    assert failures == ["a: diverged"]
+    assert evaluated == ["b"]
