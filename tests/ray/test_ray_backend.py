@@ -1,5 +1,5 @@
-"""The Ray backend on a real local Ray: the same numbers as in-process, placement, the user's paths. (Dead actors:
-test_ray_faults.py; failures that end a run with one error: test_ray_errors.py.)"""
+"""The Ray backend on a real local Ray: the same numbers as in-process, placement, the user's relative paths.
+(Dead actors: test_ray_faults.py; failures that end a run with one error: test_ray_errors.py.)"""
 
 from __future__ import annotations
 
@@ -42,15 +42,25 @@ HALF_A_GPU_EACH = ("runtime.gpus_per_learner=0.5",)
                           ("generalist-d-small", 3, (*STEP_CLOCK, *HALF_A_GPU_EACH), 2)],
                          ids=["t-sync1-one-worker", "t-sync3-two-learners-share-a-worker",
                               "d-sync3-step-clock-reestimated-bn-half-a-gpu-each"])
-def test_ray_run_gives_the_same_global_weights_as_the_in_process_backend(tiny, tmp_path, recipe, sync_every, extra,
-                                                                        learners_per_worker):
+def test_ray_run_gives_the_same_global_weights_as_the_in_process_backend(tiny, tmp_path, data_root, monkeypatch,
+                                                                        recipe, sync_every, extra, learners_per_worker):
     """The collective path (broadcast before mix_start, all-gather after, redistribution) against in-process,
-    also with learners grouped in workers (K = 3 in every grouping: tests/unit/test_collective_sync.py)."""
+    also with learners grouped in workers (K = 3 in every grouping: tests/unit/test_collective_sync.py).
+
+    The Ray run is given its data folder and run folder as relative paths: they mean the driver's working
+    directory, while the workers run in Ray's session folder and must get them resolved. (A run of its own for
+    that cost 30 CPU-seconds of `make test`; $GENERALIST_DATA, relative, goes through the same
+    ray_backend.with_driver_paths: tests/unit/test_driver_paths.py.)"""
     config = tiny(recipe, "schedule.epochs=2", f"mixing.sync_every={sync_every}", *extra)
     train(config, tmp_path / "local", quiet=True)
-    ray_config = tiny(recipe, "schedule.epochs=2", f"mixing.sync_every={sync_every}", *extra, "runtime.backend=ray")
-    train(ray_config, tmp_path / "ray", quiet=True)
+    monkeypatch.chdir(tmp_path)
+    relative = os.path.relpath(data_root, tmp_path)
+    assert not os.path.isabs(relative)
+    ray_config = tiny(recipe, "schedule.epochs=2", f"mixing.sync_every={sync_every}", *extra, "runtime.backend=ray",
+                      f'data.root="{relative}"')
+    train(ray_config, "ray", quiet=True)
     assert_same_tensors(final_global(tmp_path / "local"), final_global(tmp_path / "ray"))
+    assert read_config_root(tmp_path / "ray") == relative  # what the user wrote is what config.json keeps
     placement = json.loads((tmp_path / "ray" / "metadata.json").read_text())["placement"]
     assert placement["learners_per_worker"] == learners_per_worker, placement  # the grouping ran as asked
     # Both backends stream the same metric tables.
@@ -91,19 +101,6 @@ def test_more_learners_than_gpus_is_a_clear_error(tiny, tmp_path):
     too_many = tiny("generalist-t-small", "runtime.backend=ray", "runtime.gpus_per_learner=2", "runtime.device=cpu")
     with pytest.raises(BackendError, match=r"asked for 6 GPUs .* the cluster has 3"):
         train(too_many, tmp_path / "a", quiet=True)
-
-
-def test_relative_data_and_run_paths_are_the_users_not_the_workers(tiny, tmp_path, data_root, monkeypatch):
-    """A relative data folder and a relative run folder mean the driver's working directory; the workers run in
-    Ray's session folder and get them resolved. ($GENERALIST_DATA, relative, goes through the same
-    ray_backend.with_driver_paths: tests/unit/test_driver_paths.py.)"""
-    monkeypatch.chdir(tmp_path)
-    relative = os.path.relpath(data_root, tmp_path)
-    assert not os.path.isabs(relative)
-    config = tiny("generalist-d-small", "schedule.epochs=1", "runtime.backend=ray", f'data.root="{relative}"')
-    train(config, "run", quiet=True)
-    assert (tmp_path / "run" / "final" / "global.pt").is_file()
-    assert read_config_root(tmp_path / "run") == relative  # what the user wrote is what config.json keeps
 
 
 def read_config_root(run) -> str | None:
