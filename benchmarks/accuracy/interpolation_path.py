@@ -1,4 +1,4 @@
-"""Why the converged generalist-d loses to PGD-AT: the path between its two learners.
+"""Why a converged Generalist run loses to its baseline: the path between its two learners.
 
 The final global learner of `generalist-d-cpu` mixes its learners 0.4 linf + 0.6 natural (the recipe's final
 weights; strictly it is an EMA over rounds of that mixture while the weight moves, so it sits near the path's
@@ -17,6 +17,11 @@ changing the final weight cannot make generalist-d win at this scale: the learne
 Reads runs/accuracy-cpu/{generalist-d,pgd-at}-seed{S}/ (checkpoints/last and final/global.pt), writes
 benchmarks/results/accuracy/converged/interpolation-path.{md,json,png}. One thread; about 10 minutes a seed on a
 loaded 2-core machine.
+
+`--recipe generalist-mn` scores the multi-norm pair the same way: the path l2 weight w, w x l2 + (1 - w) x linf,
+between `generalist-mn`'s learners (its final global mixes them 0.5 / 0.5), on clean, PGD-10 Linf, PGD-10 L2 and
+their union (right clean and under both attacks), against MAX's final global, the multi-norm goal being
+`generalist-mn` union >= MAX's. Reads {generalist-mn,max}-seed{S}/, writes interpolation-path-mn.{md,json,png}.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -45,9 +51,28 @@ RESULTS = REPO / "benchmarks" / "results" / "accuracy" / "converged"
 WEIGHTS = [round(0.1 * k, 1) for k in range(11)]
 
 
-def interpolate(linf: dict, natural: dict, w: float) -> dict:
-    """The path's point w: (1 - w) linf + w natural, by the global learner's own rule (mixing.interpolate)."""
-    return mixing.interpolate([linf, natural], [1 - w, w])
+@dataclass(frozen=True)
+class Pair:
+    """A Generalist recipe of two learners, the path between them (from `start` at w = 0 to `end` at w = 1),
+    the baseline it must beat and the results' file name."""
+    recipe: str
+    start: str
+    end: str
+    baseline: str
+    name: str
+
+    @property
+    def weight_key(self) -> str:
+        return f"{self.end}_weight"
+
+
+PAIRS = {"generalist-d": Pair("generalist-d", "linf", "natural", "pgd-at", "interpolation-path"),
+         "generalist-mn": Pair("generalist-mn", "linf", "l2", "max", "interpolation-path-mn")}
+
+
+def interpolate(start: dict, end: dict, w: float) -> dict:
+    """The path's point w: (1 - w) start + w end, by the global learner's own rule (mixing.interpolate)."""
+    return mixing.interpolate([start, end], [1 - w, w])
 
 
 def model_of(config, data, state: dict) -> torch.nn.Module:
@@ -60,64 +85,67 @@ def score(config, data, model: torch.nn.Module, generator_seed: int) -> dict[str
     """Clean and PGD accuracy (%) on the run's validation points, one fixed PGD generator per call."""
     n = config.eval.n_examples
     generator = torch.Generator().manual_seed(generator_seed)
-    accuracy = clean_and_pgd_accuracy(model, TensorData(data.val.x[:n], data.val.y[:n]), run_threats(config),
+    threats = run_threats(config)
+    accuracy = clean_and_pgd_accuracy(model, TensorData(data.val.x[:n], data.val.y[:n]), threats,
                                       pgd_steps=config.eval.pgd_steps, batch_size=config.eval.batch_size,
-                                      generator=generator, device=torch.device("cpu"))
+                                      generator=generator, device=torch.device("cpu"), union=len(threats) > 1)
     return {k: round(100 * v, 2) for k, v in accuracy.items()}
 
 
-def reestimated(config, data, state: dict, natural_weight: float, tick: int) -> torch.nn.Module:
+def reestimated(config, data, state: dict, pair: Pair, w: float, tick: int) -> torch.nn.Module:
     """`state` as a model whose statistics the run's own rule (training.reestimate_global_bn: same batches, same
-    generator) re-estimated with the shares (1 - w) linf points, w clean inputs, not the run's final weights."""
-    weights = {"linf": 1 - natural_weight, "natural": natural_weight}
+    generator) re-estimated with the shares (1 - w) of the start learner's inputs and w of the end learner's
+    (for generalist-d: linf points and clean inputs), not the run's final weights."""
+    weights = {pair.start: 1 - w, pair.end: w}
     return reestimate_global_bn(config, data, model_of(config, data, state), "cpu", tick,
                                 [weights[learner.name] for learner in config.learners])
 
 
-def path_for_seed(runs: Path, seed: int) -> dict:
-    run = runs / f"generalist-d-seed{seed}"
+def path_for_seed(runs: Path, seed: int, pair: Pair = PAIRS["generalist-d"]) -> dict:
+    run = runs / f"{pair.recipe}-seed{seed}"
     config = load_run_config(run)
     data = prepare_run_data(config)
     last = run / "checkpoints" / "last"
-    ema = {name: ckpt.load_payload(last, f"learner-{name}")["ema"] for name in ("linf", "natural")}
+    ema = {name: ckpt.load_payload(last, f"learner-{name}")["ema"] for name in (pair.start, pair.end)}
     steps = config.schedule.epochs * data.stream.steps_per_epoch
     tick = clock_tick(config, steps - 1, data.stream.steps_per_epoch)
     final = dict(zip((l.name for l in config.learners), mixing_weights(tick, config)))
     stored_global = ckpt.load_payload(last, "global")["state"]
-    check = interpolate(ema["linf"], ema["natural"], final["natural"])
+    check = interpolate(ema[pair.start], ema[pair.end], final[pair.end])
     drift = max((check[k] - stored_global[k]).abs().max().item() for k in check if check[k].is_floating_point())
-    print(f"seed {seed}: final weights {final}; |path(w={final['natural']}) - stored global| = {drift:.2e}",
+    print(f"seed {seed}: final weights {final}; |path(w={final[pair.end]}) - stored global| = {drift:.2e}",
           flush=True)
     shipped = ckpt.load_state_dict_file(run / "final" / "global.pt")
     eval_seed = derive_seed(seed, "interpolation-path")
     rows = []
     for w in WEIGHTS:
         t0 = time.time()
-        state = interpolate(ema["linf"], ema["natural"], w)
-        est_model = reestimated(config, data, state, w, tick)
-        row = {"natural_weight": w, "stored": score(config, data, model_of(config, data, state), eval_seed),
+        state = interpolate(ema[pair.start], ema[pair.end], w)
+        est_model = reestimated(config, data, state, pair, w, tick)
+        row = {pair.weight_key: w, "stored": score(config, data, model_of(config, data, state), eval_seed),
                "reestimated": score(config, data, est_model, eval_seed)}
-        if w == final["natural"]:  # the shipped global, recomputed here: the same rule gives the same statistics
+        if w == final[pair.end]:  # the shipped global, recomputed here: the same rule gives the same statistics
             est_state = est_model.state_dict()
             row["shipped_max_abs_diff"] = max((est_state[k].double() - shipped[k].double()).abs().max().item()
                                               for k in shipped)
         rows.append(row)
         print(f"  w={w:.1f} stored {row['stored']} re-estimated {row['reestimated']} ({time.time() - t0:.0f} s)"
-              + (f"; max |this - final/global.pt| {row['shipped_max_abs_diff']:.1e}" if w == final["natural"] else ""),
+              + (f"; max |this - final/global.pt| {row['shipped_max_abs_diff']:.1e}" if w == final[pair.end] else ""),
               flush=True)
-    generalist_d = {"stored": score(config, data, model_of(config, data, stored_global), eval_seed),
-                    "shipped": score(config, data, model_of(config, data, shipped), eval_seed)}
-    print(f"  generalist-d seed {seed} global: {generalist_d}", flush=True)
-    pgd_at = runs / f"pgd-at-seed{seed}"
-    pgd_at_config = load_run_config(pgd_at)
-    pgd_at_data = prepare_run_data(pgd_at_config)
-    pgd_at_states = {"stored": ckpt.load_payload(pgd_at / "checkpoints" / "last", "global")["state"],
-                     "shipped": ckpt.load_state_dict_file(pgd_at / "final" / "global.pt")}
-    reference = {kind: score(pgd_at_config, pgd_at_data, model_of(pgd_at_config, pgd_at_data, state), eval_seed)
-                 for kind, state in pgd_at_states.items()}
-    print(f"  pgd-at seed {seed}: {reference}", flush=True)
+    global_scores = {"stored": score(config, data, model_of(config, data, stored_global), eval_seed),
+                     "shipped": score(config, data, model_of(config, data, shipped), eval_seed)}
+    print(f"  {pair.recipe} seed {seed} global: {global_scores}", flush=True)
+    baseline = runs / f"{pair.baseline}-seed{seed}"
+    baseline_config = load_run_config(baseline)
+    baseline_data = prepare_run_data(baseline_config)
+    baseline_states = {"stored": ckpt.load_payload(baseline / "checkpoints" / "last", "global")["state"],
+                       "shipped": ckpt.load_state_dict_file(baseline / "final" / "global.pt")}
+    reference = {kind: score(baseline_config, baseline_data, model_of(baseline_config, baseline_data, state),
+                             eval_seed) for kind, state in baseline_states.items()}
+    print(f"  {pair.baseline} seed {seed}: {reference}", flush=True)
+    # (The generalist-d results name the baseline `pgd_at`, as the published interpolation-path.json has it.)
     return {"seed": seed, "final_weights": final, "stored_global_drift": drift, "path": rows,
-            "global": generalist_d, "pgd_at": reference,
+            "global": global_scores, "pgd_at" if pair.baseline == "pgd-at" else "baseline": reference,
             "points": config.eval.n_examples, "pgd_steps": config.eval.pgd_steps}
 
 
@@ -214,25 +242,119 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+MULTI_NORM = ("clean_acc", "pgd_acc_Linf", "pgd_acc_L2", "pgd_acc_union")
+
+
+def write_table_mn(results: list[dict], command: str) -> str:
+    """The generalist-mn path: clean, PGD Linf, PGD L2 and union, stored and re-estimated, against MAX."""
+    pair = PAIRS["generalist-mn"]
+    lines = [
+        "# The path between generalist-mn's learners (converged -cpu scale)",
+        "",
+        "Variant: `generalist-mn-cpu` / `max-cpu` as trained for the converged multi-norm study (step clock,",
+        "re-estimated statistics). Each row: the learners' final EMA weights interpolated, w x l2 + (1 - w) x linf,",
+        f"scored on the run's first {results[0]['points']} validation points: clean, PGD-{results[0]['pgd_steps']}"
+        " Linf (eps 8/255), PGD L2 (eps 0.5) and their union",
+        "(right clean and under both attacks), in %, mean ± std over seeds "
+        f"{', '.join(str(r['seed']) for r in results)}. `stored`: running statistics interpolated like the",
+        "weights; `re-estimated`: the run's rule (generalist/bn_stats.py) with the shares set by w. The global",
+        "learner sits near the path's w = 0.5 point; its own rows are at the bottom. Goal of the issue:",
+        "`generalist-mn` union >= MAX's (the last column checks each seed against its own MAX).",
+        "",
+        f"Command: `{command}`",
+        "",
+        "| l2 weight w | stored clean | stored Linf | stored L2 | stored union | re-est. clean | re-est. Linf "
+        "| re-est. L2 | re-est. union | union >= MAX (re-est.) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    reference = [r["baseline"]["shipped"] for r in results]
+
+    def cells(scores: list[dict]) -> str:
+        return " | ".join(fmt([s[k] for s in scores]) for k in MULTI_NORM)
+
+    for i, w in enumerate(WEIGHTS):
+        assert all(r["path"][i][pair.weight_key] == w for r in results)
+        est = [r["path"][i]["reestimated"] for r in results]
+        beats = all(e["pgd_acc_union"] >= ref["pgd_acc_union"] for e, ref in zip(est, reference))
+        lines.append(f"| {w:.1f} | {cells([r['path'][i]['stored'] for r in results])} | {cells(est)} | "
+                     f"{'yes' if beats else 'no'} |")
+    blank = " | ".join([""] * len(MULTI_NORM))
+    for who, key in (("generalist-mn final global", "global"), ("MAX final global", "baseline")):
+        lines += [f"| {who}, shipped (re-estimated) | {blank} | {cells([r[key]['shipped'] for r in results])} | |",
+                  f"| {who}, stored statistics | {cells([r[key]['stored'] for r in results])} | {blank} | |"]
+    lines += [
+        "",
+        "How far the path's w = 0.5 point is from the global learner: the largest |path(0.5) - stored global| over"
+        f" all entries is {max(r['stored_global_drift'] for r in results):.1e}; the largest |path(0.5) re-estimated -"
+        " final/global.pt| (statistics included) is "
+        f"{max(p.get('shipped_max_abs_diff', 0) for r in results for p in r['path']):.1e}.",
+        "",
+        "![PGD Linf against PGD L2, and the union, along the path](interpolation-path-mn.png)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot_mn(results: list[dict], path: Path) -> None:
+    """Left: PGD Linf against PGD L2 along the path, MAX as a star; right: the union against w, MAX's as a line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
+    colours = ["tab:blue", "tab:orange", "tab:green"]
+    for r, colour in zip(results, colours):
+        weights = [p["l2_weight"] for p in r["path"]]
+        for kind, style in (("stored", ":"), ("reestimated", "-")):
+            label = f"seed {r['seed']}, {'re-estimated' if kind == 'reestimated' else 'stored'} statistics"
+            xs = [p[kind]["pgd_acc_Linf"] for p in r["path"]]
+            ys = [p[kind]["pgd_acc_L2"] for p in r["path"]]
+            left.plot(xs, ys, style, marker="o", ms=3, color=colour, label=label)
+            right.plot(weights, [p[kind]["pgd_acc_union"] for p in r["path"]], style, marker="o", ms=3,
+                       color=colour, label=label)
+            if kind == "reestimated":
+                for w, x, y in zip(weights, xs, ys):
+                    if w in (0.0, 0.5, 1.0):
+                        left.annotate(f"w={w:.1f}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ref = r["baseline"]["shipped"]
+        left.plot([ref["pgd_acc_Linf"]], [ref["pgd_acc_L2"]], "*", ms=12, color=colour, label=f"MAX seed {r['seed']}")
+        right.axhline(ref["pgd_acc_union"], ls="--", color=colour, lw=1, label=f"MAX seed {r['seed']} union")
+    left.set_xlabel("PGD-10 Linf accuracy (%), validation")
+    left.set_ylabel("PGD-10 L2 accuracy (%), validation")
+    left.set_title("the path from the linf learner (w = 0) to the l2 learner (w = 1)", fontsize=9)
+    right.set_xlabel("l2 weight w")
+    right.set_ylabel("union accuracy (%), validation: right clean, under PGD Linf and PGD L2")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--recipe", choices=list(PAIRS), default="generalist-d",
+                        help="the Generalist recipe whose learners the path joins (its baseline: pgd-at, max)")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "accuracy-cpu")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    pair = PAIRS[args.recipe]
     torch.set_num_threads(1)
-    out_json = args.out / "interpolation-path.json"
+    out_json = args.out / f"{pair.name}.json"
     done = {r["seed"]: r for r in json.loads(out_json.read_text())} if out_json.exists() else {}
     results = []
     for seed in args.seeds:
         if seed not in done:  # resumable: a finished seed is kept
-            done[seed] = path_for_seed(args.runs, seed)
+            done[seed] = path_for_seed(args.runs, seed, pair)
             out_json.write_text(json.dumps(sorted(done.values(), key=lambda r: r["seed"]), indent=1))
         results.append(done[seed])
-    command = "nice -n 19 python benchmarks/accuracy/interpolation_path.py --seeds " + " ".join(map(str, args.seeds))
-    (args.out / "interpolation-path.md").write_text(write_table(results, command))
-    plot(results, args.out / "interpolation-path.png")
-    print(f"wrote {args.out / 'interpolation-path.md'}")
+    command = ("nice -n 19 python benchmarks/accuracy/interpolation_path.py"
+               + ("" if pair.recipe == "generalist-d" else f" --recipe {pair.recipe}")
+               + " --seeds " + " ".join(map(str, args.seeds)))
+    write, draw = (write_table, plot) if pair.recipe == "generalist-d" else (write_table_mn, plot_mn)
+    (args.out / f"{pair.name}.md").write_text(write(results, command))
+    draw(results, args.out / f"{pair.name}.png")
+    print(f"wrote {args.out / (pair.name + '.md')}")
     return 0
 
 

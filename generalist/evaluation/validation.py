@@ -23,24 +23,33 @@ def run_threats(config: RunConfig) -> list[AttackConfig]:
 
 
 def clean_and_pgd_accuracy(model: nn.Module, data: TensorData, attacks: list[AttackConfig], *, pgd_steps: int,
-                           batch_size: int, generator: torch.Generator, device: torch.device) -> dict[str, float]:
-    """{"clean_acc": ..., "pgd_acc_<norm>": ...} in [0, 1] over all points of `data`, model in eval mode.
+                           batch_size: int, generator: torch.Generator, device: torch.device,
+                           union: bool = False) -> dict[str, float]:
+    """{"clean_acc": ..., "pgd_acc_<norm>": ...} in [0, 1] over all points of `data`, model in eval mode, and with
+    `union` also "pgd_acc_union": the points classified right clean and under every attack (AutoAttack's union
+    rule; the per-threat numbers and the generator's use are the same with or without it).
 
     Each attack is PGD-`pgd_steps` with the threat's eps and step size and one random start."""
     was_training = model.training
     model.eval()
     correct = {"clean_acc": 0, **{f"pgd_acc_{a.norm}": 0 for a in attacks}}
-    total = 0
+    union_correct = total = 0
     try:
         for x, y in eval_batches(data, batch_size, device):
             with torch.no_grad():
-                correct["clean_acc"] += (model(x).argmax(1) == y).sum().item()
+                right = model(x).argmax(1) == y
+            correct["clean_acc"] += right.sum().item()
             for attack in attacks:
                 x_adv = pgd(model, x, y, get_threat(attack.norm, attack.eps), steps=pgd_steps,
                             step_size=attack.step_size, random_start=True, generator=generator)
                 with torch.no_grad():
-                    correct[f"pgd_acc_{attack.norm}"] += (model(x_adv).argmax(1) == y).sum().item()
+                    robust = model(x_adv).argmax(1) == y
+                correct[f"pgd_acc_{attack.norm}"] += robust.sum().item()
+                right = right & robust
+            union_correct += right.sum().item()
             total += len(y)
     finally:
         model.train(was_training)
+    if union:
+        correct["pgd_acc_union"] = union_correct
     return {k: v / max(total, 1) for k, v in correct.items()}

@@ -52,3 +52,37 @@ def test_a_point_is_in_the_goal_box_only_when_every_seed_beats_its_own_pgd_at_by
     assert column["0.4"] == "no"   # seed 1 loses 1.1 robust points
     assert column["0.5"] == "no"   # seed 0 gains only 1.9 clean points
     assert column["0.0"] == "no"
+
+
+def fake_multi_norm_seed(seed: int, max_union: float, unions: dict[float, float]) -> dict:
+    def acc(union):
+        return {"clean_acc": 45.0, "pgd_acc_Linf": 20.0, "pgd_acc_L2": 30.0, "pgd_acc_union": union}
+
+    path = [{"l2_weight": w, "stored": acc(unions.get(w, 0)), "reestimated": acc(unions.get(w, 0))}
+            for w in load_interpolation_path().WEIGHTS]
+    return {"seed": seed, "path": path, "baseline": {"shipped": acc(max_union), "stored": acc(max_union)},
+            "global": {"shipped": acc(0), "stored": acc(0)}, "stored_global_drift": 0.0, "points": 10,
+            "pgd_steps": 10}
+
+
+def test_the_multi_norm_path_beats_max_only_where_every_seeds_union_reaches_its_own_maxs(tmp_path):
+    path = load_interpolation_path()
+    results = [fake_multi_norm_seed(0, 20.0, {0.4: 20.0, 0.5: 21.0, 0.6: 19.9}),
+               fake_multi_norm_seed(1, 25.0, {0.4: 25.5, 0.5: 24.9, 0.6: 26.0})]
+    table = path.write_table_mn(results, "cmd")
+    rows = {cells[1].strip(): cells for cells in (line.split("|") for line in table.splitlines())
+            if len(cells) > 2 and cells[1].strip()[:2] in ("0.", "1.")}
+    assert {w: rows[w][10].strip() for w in ("0.4", "0.5", "0.6", "0.0")} == \
+        {"0.4": "yes", "0.5": "no", "0.6": "no", "0.0": "no"}
+    assert rows["0.5"][9].strip() == "22.95 ± 2.76"  # re-estimated union, mean ± std over the seeds
+    path.plot_mn(results, tmp_path / "mn.png")
+    assert (tmp_path / "mn.png").stat().st_size > 10_000
+
+
+def test_the_pair_names_which_learners_the_path_joins_and_its_baseline():
+    pairs = load_interpolation_path().PAIRS
+    assert (pairs["generalist-d"].start, pairs["generalist-d"].end, pairs["generalist-d"].baseline) == \
+        ("linf", "natural", "pgd-at")
+    assert pairs["generalist-d"].weight_key == "natural_weight"  # the key of the published interpolation-path.json
+    assert (pairs["generalist-mn"].start, pairs["generalist-mn"].end, pairs["generalist-mn"].baseline) == \
+        ("linf", "l2", "max")
