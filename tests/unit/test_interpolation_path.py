@@ -61,6 +61,7 @@ def fake_multi_norm_seed(seed: int, max_union: float, unions: dict[float, float]
     path = [{"l2_weight": w, "stored": acc(unions.get(w, 0)), "reestimated": acc(unions.get(w, 0))}
             for w in load_interpolation_path().WEIGHTS]
     return {"seed": seed, "path": path, "baseline": {"shipped": acc(max_union), "stored": acc(max_union)},
+            "final_weights": {"linf": 0.5, "l2": 0.5},
             "global": {"shipped": acc(0), "stored": acc(0)}, "stored_global_drift": 0.0, "points": 10,
             "pgd_steps": 10}
 
