@@ -6,10 +6,13 @@ counts from the machine instead (Linux):
 - **machine**: the busy time of every core over the command's wall time (/proc/stat), less the CPU of processes
   that run beside it and are not part of it (`--exclude`, a regular expression on the command line: the accuracy
   study's trainings and evaluations, at `nice 19`). Exact for an otherwise idle machine; on a shared one, anything
-  else that ran counts too, so it is an upper bound.
-- **by process** (`--by-process`): every process seen while the command ran, sampled every `--interval` seconds
-  from /proc/PID/stat, grouped by its name (Ray's process titles: `ray::TrainController`, `ray::Coordinator`, ...).
-  A process's CPU after its last sample is missed, so this is a lower bound that shows where the time goes.
+  else that ran counts too, and so does an excluded process's CPU after its last sample, so it is an upper bound.
+- **by process** (`--by-process`): every process seen while the command ran, grouped by its name (Ray's process
+  titles: `ray::TrainController`, `ray::Coordinator`, ...). A process's CPU after its last sample is missed, so
+  this is a lower bound that shows where the time goes.
+Both come from a sampler that reads every /proc/PID/stat every `--interval` seconds, each process's own user and
+system time (never its reaped children's: a parent's count jumps by a child's whole life when it reaps it, part of
+which can lie before the command started).
 
     python benchmarks/cpu_seconds.py -- make test
     python benchmarks/cpu_seconds.py --exclude 'bin/generalist (train|eval)|accuracy/protocol.py' -- make test
@@ -38,14 +41,14 @@ def machine_busy_ticks() -> int:
     return user + nice + system + irq + softirq + steal
 
 
-def process_ticks(pid: int, with_children: bool = False) -> int | None:
-    """A process's CPU time in clock ticks (user + system, and its reaped children's if asked); None once gone."""
+def process_ticks(pid: int) -> int | None:
+    """A process's own CPU time in clock ticks (user + system); None once it is gone."""
     try:
         fields = (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return None
-    utime, stime, cutime, cstime = map(int, fields[11:15])  # fields 14-17 of proc(5), after pid and comm
-    return utime + stime + (cutime + cstime if with_children else 0)
+    utime, stime = map(int, fields[11:13])  # fields 14 and 15 of proc(5), counted after pid and comm
+    return utime + stime
 
 
 def command_line(pid: int) -> str:
@@ -57,19 +60,6 @@ def command_line(pid: int) -> str:
 
 def pids() -> list[int]:
     return [int(p.name) for p in PROC.iterdir() if p.name.isdigit()]
-
-
-def excluded_ticks(pattern: re.Pattern | None) -> dict[int, int]:
-    """CPU ticks (children included) of every process whose command line matches, by pid."""
-    if pattern is None:
-        return {}
-    seen = {}
-    for pid in pids():
-        if pid != os.getpid() and pattern.search(command_line(pid)):
-            ticks = process_ticks(pid, with_children=True)
-            if ticks is not None:
-                seen[pid] = ticks
-    return seen
 
 
 def process_name(cmdline: str) -> str:
@@ -88,13 +78,15 @@ def process_name(cmdline: str) -> str:
 
 
 class Sampler(threading.Thread):
-    """Every `interval` seconds, the CPU ticks of every process but excluded ones, kept per pid (last seen)."""
+    """Every `interval` seconds, the CPU ticks of every process since the start (or since it started), kept per
+    pid as last seen: by name for the command's, apart for the excluded ones."""
 
     def __init__(self, interval: float, exclude: re.Pattern | None):
         super().__init__(daemon=True)
         self.interval, self.exclude = interval, exclude
         self.start_ticks = {pid: process_ticks(pid) or 0 for pid in pids()}  # what ran before counts from here
         self.last: dict[int, tuple[str, int]] = {}
+        self.excluded: dict[int, int] = {}
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -108,7 +100,8 @@ class Sampler(threading.Thread):
             if ticks is None or pid == os.getpid():
                 continue
             cmdline = command_line(pid)
-            if self.exclude is not None and self.exclude.search(cmdline):
+            if pid in self.excluded or (self.exclude is not None and self.exclude.search(cmdline)):
+                self.excluded[pid] = ticks - self.start_ticks.get(pid, 0)
                 continue
             # A Ray worker is retitled as it goes (a Python script, then `ray::Actor`, `ray::IDLE` between tasks):
             # it is grouped under the last name that says what it did.
@@ -131,23 +124,18 @@ def measure(command: list[str], exclude: str | None = None, by_process: bool = F
             interval: float = 0.2) -> dict:
     """Run `command`; its wall time, the machine's busy CPU over it, the excluded processes' share, and the rest
     (the command's), in seconds, with the command's exit status and, if asked, the CPU by process name."""
-    pattern = re.compile(exclude) if exclude else None
-    sampler = Sampler(interval, pattern) if by_process else None
-    if sampler is not None:
-        sampler.start()
-    busy0, excluded0, start = machine_busy_ticks(), excluded_ticks(pattern), time.monotonic()
+    sampler = Sampler(interval, re.compile(exclude) if exclude else None)
+    sampler.start()
+    busy0, start = machine_busy_ticks(), time.monotonic()
     returncode = subprocess.call(command)
-    busy1, excluded1, wall = machine_busy_ticks(), excluded_ticks(pattern), time.monotonic() - start
-    if sampler is not None:
-        sampler.done.set()
-        sampler.join()
-    # Excluded processes that ran through the whole command; one that started or ended inside it is missed
-    # (its CPU then counts as the command's: an upper bound again).
-    excluded = sum(excluded1[pid] - excluded0[pid] for pid in excluded1.keys() & excluded0.keys()) / TICK
+    busy1, wall = machine_busy_ticks(), time.monotonic() - start
+    sampler.done.set()
+    sampler.join()
+    excluded = sum(sampler.excluded.values()) / TICK
     machine = (busy1 - busy0) / TICK
     return {"command": command, "returncode": returncode, "wall_s": wall, "machine_cpu_s": machine,
             "excluded_cpu_s": excluded, "command_cpu_s": machine - excluded, "cores": os.cpu_count(),
-            "by_process": sampler.by_name() if sampler is not None else None}
+            "by_process": sampler.by_name() if by_process else None}
 
 
 def table(result: dict) -> str:
@@ -166,8 +154,8 @@ def table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--exclude", help="regular expression: processes beside the command, not counted")
-    parser.add_argument("--by-process", action="store_true", help="also sample every process's CPU by name")
-    parser.add_argument("--interval", type=float, default=0.2, help="--by-process: seconds between samples")
+    parser.add_argument("--by-process", action="store_true", help="also give the command's CPU by process name")
+    parser.add_argument("--interval", type=float, default=0.2, help="seconds between samples of /proc")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
