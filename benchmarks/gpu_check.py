@@ -12,6 +12,7 @@ stall the check; a timed-out part's whole process group is killed), in this orde
   f. profile  `benchmarks/step_profile.py`: kernels per step, device busy and the longest kernels, pgd-at and natural
   c. sync     `benchmarks/sync_overhead.py` on the device (ResNet-18, 2 and 3 learners)
   d. side     `benchmarks/side_by_side.py`: Ray backend vs in-process, generalist-d and generalist-t
+At the end the results file gets the issue's goals table, read from parts b, g and d (benchmarks/gpu_goals.py).
 The results file `OUT/<device-slug>.md` is rewritten after every part and each part's full log is written to
 `OUT/<device-slug>-logs/` as it runs, so a killed check leaves what it had. Needs no `generalist` install: run from
 the repository root with PYTHONPATH=. and the data in $GENERALIST_DATA; no matplotlib, no network.
@@ -42,6 +43,9 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere: `generalist` com
 import torch  # noqa: E402
 
 from generalist.repro import git_revision  # noqa: E402
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import gpu_goals  # noqa: E402 - this folder's module, beside the script
 
 
 @dataclass
@@ -90,11 +94,16 @@ def versions() -> dict[str, str]:
     return found
 
 
+def epoch_recipes_for(smoke: bool) -> list[str]:
+    """The recipes of the speed parts: PGD-AT, Generalist-D and Generalist-T, at paper scale or (smoke) small."""
+    return [r + ("-small" if smoke else "") for r in ("pgd-at", "generalist-d", "generalist-t")]
+
+
 def plan(device: str, smoke: bool, python: str, dataset: str | None = None) -> list[Part]:
     """The parts and their budgets (seconds). Full: 150 + 60 + 30 + 45 + 30 + 140 + 130 = 585 s = 10 minutes."""
     bench = Path("benchmarks")  # the parts run in the repository root
+    epoch_recipes = epoch_recipes_for(smoke)
     if smoke:  # tiny sizes: every code path runs, in seconds, on a CPU
-        epoch_recipes = ["pgd-at-small", "generalist-d-small", "generalist-t-small"]
         epoch_extra = ["--steps", "1", "--warmup", "1", "--threads", "1", "data.batch_size=32", "data.train_subset=640"]
         sync_args = ["--models", "small-cnn", "--learners", "2", "--rounds", "3", "--step-ms", "50"]
         side_args = ["--recipes", "generalist-d-small", "--steps", "4", "--warmup", "1"]
@@ -105,7 +114,6 @@ def plan(device: str, smoke: bool, python: str, dataset: str | None = None) -> l
         budgets = (120, 120, 300, 300, 120)
         graph_budget = 120
     else:
-        epoch_recipes = ["pgd-at", "generalist-d", "generalist-t"]
         epoch_extra = ["--steps", "5", "--warmup", "2"]
         sync_args = ["--models", "resnet18", "--learners", "2", "3", "--rounds", "15"]
         side_args = ["--recipes", "generalist-d", "generalist-t", "--steps", "12", "--warmup", "4"]
@@ -182,7 +190,7 @@ def part_section(part: Part, log: Path) -> list[str]:
 
 
 def write_results(path: Path, command: str, device: str, info: dict, parts: list[Part], logs: Path,
-                  finished: bool) -> None:
+                  finished: bool, recipes: list[str] | None = None) -> None:
     head = [f"# GPU check: {device_name(device)}", "",
             f"Command: `{command}`", "",
             f"Date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}" + ("" if finished else " (in progress or killed)"), "",
@@ -190,6 +198,8 @@ def write_results(path: Path, command: str, device: str, info: dict, parts: list
             "| part | status | seconds | budget s |", "|---|---|---|---|",
             *[f"| {p.key}. {p.title} | {p.status} | {p.seconds:.0f} | {p.budget_s:.0f} |" for p in parts], ""]
     body = [line for p in parts if p.status != "not run" for line in part_section(p, logs / f"part-{p.key}.log")]
+    if finished and recipes:
+        body += gpu_goals.goals_table({p.key: p.output for p in parts if p.status == "ok"}, *recipes)
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(head + body) + "\n")
     os.replace(tmp, path)
@@ -229,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
             run_part(part, logs / f"part-{part.key}.log", env)
         print(f"[gpu_check] part {part.key}: {part.status} ({part.seconds:.0f} s)", flush=True)
         write_results(results, command, args.device, info, parts, logs, finished=False)
-    write_results(results, command, args.device, info, parts, logs, finished=True)
+    write_results(results, command, args.device, info, parts, logs, finished=True,
+                  recipes=epoch_recipes_for(args.smoke))
     print(f"[gpu_check] wrote {results}")
     return 0 if all(p.status == "ok" or p.status.startswith("skipped") for p in parts) else 1
 

@@ -287,8 +287,8 @@ def write_table_mn(results: list[dict], command: str) -> str:
     lines += [
         "",
         f"How far the path's w = {final_w} point is from the global learner: the largest |path(w) - stored global|"
-        f" over all entries is {max(r['stored_global_drift'] for r in results):.1e}; the largest |path(w) re-estimated -"
-        " final/global.pt| (statistics included) is "
+        f" over all entries is {max(r['stored_global_drift'] for r in results):.1e}; the largest"
+        " |path(w) re-estimated - final/global.pt| (statistics included) is "
         + (f"{max(shipped):.1e}." if (shipped := [p["shipped_max_abs_diff"] for r in results for p in r["path"]
                                                   if "shipped_max_abs_diff" in p])
            else "not measured (the final weight is not a point of the path's grid)."),

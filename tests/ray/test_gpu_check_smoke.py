@@ -44,3 +44,8 @@ def test_gpu_check_smoke_on_cpu_writes_every_part_into_one_results_file(tmp_path
     assert re.search(r"^\| generalist-d-small \| 2 \| one CPU core per learner \| [\d.]+ \| [\d.]+ \| [\d.]+ \|",
                      side, re.M), side
     assert (tmp_path / f"{results_file.stem}-logs" / "part-d.log").is_file(), "each part's full log is kept"
+    goals = results.split("## Goals of the GPU step")[1]  # read from parts b, g and d (benchmarks/gpu_goals.py)
+    assert re.search(r"^\| Linf PGD training step, pgd-at-small, fp32 \(ms\), eager / graph \| [\d.]+ / [\d.]+ \|",
+                     goals, re.M), goals
+    assert re.search(r"^\| Ray backend on the device, against in-process \(speed-up\) \| generalist-d-small [\d.]+,",
+                     goals, re.M), goals

@@ -45,7 +45,8 @@ def test_processes_beside_the_command_are_left_out():
 @pytest.mark.parametrize("cmdline,name", [("ray::TrainController.run()", "ray::TrainController"),
                                           ("ray::Coordinator", "ray::Coordinator"),
                                           ("/venv/bin/python -m pytest -q tests", "python pytest"),
-                                          ("/venv/bin/python3.11 /repo/benchmarks/epoch_time.py", "python epoch_time.py"),
+                                          ("/venv/bin/python3.11 /repo/benchmarks/epoch_time.py",
+                                           "python epoch_time.py"),
                                           ("/usr/bin/sleep 1", "sleep"), ("", "?")])
 def test_process_names_group_ray_titles_and_python_scripts(cmdline, name):
     assert load_script(SCRIPT, "cpu_seconds").process_name(cmdline) == name
