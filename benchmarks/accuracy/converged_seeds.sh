@@ -2,8 +2,8 @@
 # The converged study, more seeds: train the recipes (-cpu; default generalist-d and pgd-at) for each seed given,
 # side by side at the lowest priority, and each run's four evaluations as soon as its own training ends (final and
 # best global learner, statistics as shipped and as stored; standard AutoAttack on the first 1,000 test points,
-# Linf by default; two jobs at a time, trainings first, then every final global learner before any best one), then
-# the tables over seeds 0 to that seed. Resumable: run it again to continue (the protocol resumes an interrupted
+# Linf by default; two jobs at a time, seed by seed: a seed's trainings, then every final global learner before
+# any best one, then the next seed), then the tables over seeds 0 to the last seed given. Resumable: run it again to continue (the protocol resumes an interrupted
 # training and skips finished evaluations), on this machine or, through benchmarks/accuracy/unfinished.py, on another.
 #
 #   GENERALIST_DATA=/path/to/data bash benchmarks/accuracy/converged_seeds.sh 1 2     # seeds 1 and 2
@@ -26,10 +26,11 @@ export PYTHONPATH=$PWD RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 # On a fresh checkout, the runs an earlier machine left unfinished continue where they stopped; before that
 # machine is given back: `python benchmarks/accuracy/unfinished.py save` (the study stopped), and commit the archives.
 "$PY" benchmarks/accuracy/unfinished.py restore
-for seed in "$@"; do
-  nice -n 19 "$PY" benchmarks/accuracy/protocol.py --scale cpu --phase run --recipes "${recipes[@]}" \
-      --seeds "$seed" --jobs 2 --threats "${threats[@]}" --study "$study"
-  # shellcheck disable=SC2046  # the seeds 0..seed, as separate words
-  nice -n 19 "$PY" benchmarks/accuracy/protocol.py --scale cpu --phase table --recipes "${table_recipes[@]}" \
-      --seeds $(seq -s ' ' 0 "$seed") --threats "${threats[@]}" --study "$study"
-done
+# Every seed's runs in one pool: a seed's evaluations before the next seed's trainings, so no core waits for the
+# slowest run of a seed. The tables (any time, from what has finished: `protocol.py --phase table ...`) at the end.
+nice -n 19 "$PY" benchmarks/accuracy/protocol.py --scale cpu --phase run --recipes "${recipes[@]}" \
+    --seeds "$@" --jobs 2 --threats "${threats[@]}" --study "$study"
+last=$(printf '%s\n' "$@" | sort -n | tail -1)
+# shellcheck disable=SC2046  # the seeds 0..last, as separate words
+nice -n 19 "$PY" benchmarks/accuracy/protocol.py --scale cpu --phase table --recipes "${table_recipes[@]}" \
+    --seeds $(seq -s ' ' 0 "$last") --threats "${threats[@]}" --study "$study"

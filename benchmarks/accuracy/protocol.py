@@ -173,16 +173,20 @@ def evaluation_plan(run_dirs: list[Path], checkpoints: list[str]) -> list[list[t
 def train_then_evaluate(trainings: list, train: Callable[[Any], Path],
                         chains_of: Callable[[Path], list[list[tuple[Path, str, str]]]],
                         evaluate: Callable[[list[tuple[Path, str, str]]], None], workers: int,
-                        checkpoints: list[str], label: Callable[[Any], str]) -> list[str]:
+                        checkpoints: list[str], label: Callable[[Any], str],
+                        group: Callable[[Any], int] = lambda job: 0) -> list[str]:
     """Train, and evaluate each run as soon as its own training ends, not when every training has (the eval
     phase waits for the whole train phase: with runs that end far apart, a core idled for the difference, 35
     minutes in the multi-norm chain of 2026-12-06). One pool of `workers` threads; each takes the most wanted
-    ready work: a training before any evaluation, then evaluation chains by stage across runs (every final
-    global learner before any best one), each stage in the order its runs finished. A failure is recorded and
-    returned, and the other work goes on."""
+    ready work: the lowest group first (the seed's place: seed 1's evaluations before seed 2's trainings, so that
+    a seed's answer comes first and a worker that seed has nothing left for trains the next one), then in a group a
+    training before any evaluation, then evaluation chains by stage across runs (every final global learner before
+    any best one), each stage in the order its runs finished. A failure is recorded and returned, and the other
+    work goes on."""
     stage_rank = {stage: rank for rank, stage in enumerate(evaluation_stages(checkpoints), start=1)}
     order = itertools.count()
-    ready = [(0, next(order), "train", job) for job in trainings]  # a heap of (rank, order, kind, work)
+    # A heap of (group, rank, order, kind, work).
+    ready = [(group(job), 0, next(order), "train", job) for job in trainings]
     heapq.heapify(ready)
     trainings_left = len(trainings)
     changed = threading.Condition()
@@ -196,7 +200,7 @@ def train_then_evaluate(trainings: list, train: Callable[[Any], Path],
                     changed.wait()
                 if not ready:
                     return
-                _, _, kind, item = heapq.heappop(ready)
+                run_group, _, _, kind, item = heapq.heappop(ready)
             chains = []
             try:
                 if kind == "train":
@@ -208,7 +212,7 @@ def train_then_evaluate(trainings: list, train: Callable[[Any], Path],
                 log(f"FAILED {failures[-1]}")
             with changed:
                 for chain in chains:
-                    heapq.heappush(ready, (stage_rank[chain[0][1:]], next(order), "eval", chain))
+                    heapq.heappush(ready, (run_group, stage_rank[chain[0][1:]], next(order), "eval", chain))
                 trainings_left -= kind == "train"
                 changed.notify_all()
 
@@ -440,7 +444,8 @@ def main() -> None:
         run_all([(train, job) for job in jobs], label)
     if args.phase in ("run", "all"):
         failures += train_then_evaluate(jobs, train, lambda run_dir: evaluation_plan([run_dir], scale["checkpoints"]),
-                                        evaluate, args.jobs, scale["checkpoints"], label)
+                                        evaluate, args.jobs, scale["checkpoints"], label,
+                                        group=lambda job: args.seeds.index(job[2]))
     run_dirs = [runs / f"{name}-seed{seed}" for name, _, seed, _ in jobs]
     if args.phase == "eval":
         plan = evaluation_plan([r for r in run_dirs if (r / "final" / "global.pt").exists()], scale["checkpoints"])

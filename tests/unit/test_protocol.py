@@ -208,3 +208,16 @@ def test_a_failed_training_is_reported_and_the_other_runs_go_on():
 
     assert failures == ["a: diverged"]
     assert evaluated == ["b"]
+
+
+def test_a_seeds_evaluations_come_before_the_next_seeds_trainings():
+    """With one worker: seed 0's trainings, then its evaluations, then seed 1's; so that each seed's answer comes
+    first, and a worker that the first seed has nothing left for trains the next seed instead of idling."""
+    protocol = load_protocol()
+    calls = []
+    failures = protocol.train_then_evaluate(
+        [("a", 0), ("b", 0), ("a", 1)], lambda job: calls.append(job) or Path(f"{job[0]}-seed{job[1]}"),
+        lambda run_dir: [[(run_dir, "final", "auto")]], lambda chain: calls.append(chain[0][0].name), workers=1,
+        checkpoints=["final"], label=str, group=lambda job: job[1])
+    assert failures == []
+    assert calls == [("a", 0), ("b", 0), "a-seed0", "b-seed0", ("a", 1), "a-seed1"]
