@@ -143,7 +143,7 @@ def table(result: dict) -> str:
              "| wall s | machine busy CPU-s | excluded CPU-s | command CPU-s | cores used of |",
              "|---|---|---|---|---|",
              f"| {result['wall_s']:.0f} | {result['machine_cpu_s']:.0f} | {result['excluded_cpu_s']:.0f} | "
-             f"{result['command_cpu_s']:.0f} | {result['command_cpu_s'] / result['wall_s']:.2f} of "
+             f"{result['command_cpu_s']:.0f} | {result['command_cpu_s'] / max(result['wall_s'], 1e-9):.2f} of "
              f"{result['cores']} |"]
     if result["by_process"] is not None:
         lines += ["", "| process | count | CPU-s (sampled) |", "|---|---|---|"]
@@ -163,7 +163,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give the command after --, e.g. -- make test")
     if not (PROC / "stat").exists():
         parser.error("this script reads /proc (Linux)")
-    result = measure(command, args.exclude, args.by_process, args.interval)
+    try:
+        re.compile(args.exclude or "")
+    except re.error as error:
+        parser.error(f"--exclude is not a regular expression: {error}")
+    try:
+        result = measure(command, args.exclude, args.by_process, args.interval)
+    except FileNotFoundError:
+        parser.error(f"no such command: {command[0]}")
     print(table(result), flush=True)
     return result["returncode"]
 

@@ -50,3 +50,12 @@ def test_processes_beside_the_command_are_left_out():
                                           ("/usr/bin/sleep 1", "sleep"), ("", "?")])
 def test_process_names_group_ray_titles_and_python_scripts(cmdline, name):
     assert load_script(SCRIPT, "cpu_seconds").process_name(cmdline) == name
+
+
+@pytest.mark.parametrize("argv,says", [(["--", "no-such-command-here"], "no such command: no-such-command-here"),
+                                       (["--exclude", "(", "--", "true"], "--exclude is not a regular expression"),
+                                       ([], "give the command after --")])
+def test_a_bad_command_line_is_one_error_that_says_what_to_fix(argv, says):
+    done = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert says in done.stderr.splitlines()[-1]
