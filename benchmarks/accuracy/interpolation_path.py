@@ -348,6 +348,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     out_json = args.out / f"{pair.name}.json"
     done = {r["seed"]: r for r in json.loads(out_json.read_text())} if out_json.exists() else {}
+    missing = [run for seed in args.seeds if seed not in done
+               for run in (args.runs / f"{pair.recipe}-seed{seed}", args.runs / f"{pair.baseline}-seed{seed}")
+               if not (run / "checkpoints" / "last").is_dir() or not (run / "final" / "global.pt").is_file()]
+    if missing:
+        parser.error(f"no finished run with its checkpoints at {', '.join(map(str, missing))}: the path needs both "
+                     "runs' folders (train them with benchmarks/accuracy/converged_seeds.sh; published results hold "
+                     "no weights)")
     results = []
     for seed in args.seeds:
         if seed not in done:  # resumable: a finished seed is kept

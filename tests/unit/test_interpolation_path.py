@@ -87,3 +87,22 @@ def test_the_pair_names_which_learners_the_path_joins_and_its_baseline():
     assert pairs["generalist-d"].weight_key == "natural_weight"  # the key of the published interpolation-path.json
     assert (pairs["generalist-mn"].start, pairs["generalist-mn"].end, pairs["generalist-mn"].baseline) == \
         ("linf", "l2", "max")
+
+
+def test_a_seed_without_its_run_folders_is_one_error_and_a_finished_seed_needs_none(tmp_path, capsys):
+    import json
+
+    import pytest
+
+    path = load_interpolation_path()
+    with pytest.raises(SystemExit) as stop:
+        path.main(["--recipe", "generalist-mn", "--seeds", "1", "--runs", str(tmp_path / "runs"),
+                   "--out", str(tmp_path)])
+    assert stop.value.code == 2
+    assert "generalist-mn-seed1" in capsys.readouterr().err
+    # The published generalist-d seeds are rebuilt from their JSON alone (the run folders are long gone).
+    published = SCRIPT.parents[2] / "benchmarks" / "results" / "accuracy" / "converged" / "interpolation-path.json"
+    (tmp_path / "interpolation-path.json").write_text(published.read_text())
+    seeds = [str(r["seed"]) for r in json.loads(published.read_text())]
+    assert path.main(["--seeds", *seeds, "--runs", str(tmp_path / "runs"), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "interpolation-path.md").read_text() == published.with_suffix(".md").read_text()
