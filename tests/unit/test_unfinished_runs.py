@@ -77,3 +77,64 @@ def test_a_run_whose_evaluations_are_all_published_leaves_no_archive(tmp_path):
     (published / "eval-best-savedbn-aa-standard-Linf.json").write_text("{}")
     assert unfinished.save(runs, results, archives) == []
     assert not archive.exists()
+
+
+FAKE_GENERALIST = """import json, os, sys, time
+# A stand-in for `generalist train --run-dir RUN` (a checkpoint every 0.2 s) and `generalist eval RUN` (waits).
+if sys.argv[1] == "train":
+    last = os.path.join(sys.argv[sys.argv.index("--run-dir") + 1], "checkpoints", "last")
+    os.makedirs(last, exist_ok=True)
+    step = 0
+    while True:
+        step += 10
+        with open(os.path.join(last, ".state.tmp"), "w") as f:
+            json.dump({"global_step": step}, f)
+        os.replace(os.path.join(last, ".state.tmp"), os.path.join(last, "state.json"))
+        time.sleep(0.2)
+time.sleep(600)
+"""
+
+
+def test_stop_ends_drivers_and_evaluations_at_once_and_each_training_right_after_a_checkpoint(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    unfinished = load_unfinished()
+    runs, elsewhere = tmp_path / "runs", tmp_path / "other-runs"
+    bin_dir, accuracy = tmp_path / "bin", tmp_path / "benchmarks" / "accuracy"
+    for folder in (runs / "a-seed0", runs / "b-seed0", elsewhere / "c-seed0", bin_dir, accuracy):
+        folder.mkdir(parents=True)
+    (bin_dir / "generalist").write_text(FAKE_GENERALIST)
+    (accuracy / "protocol.py").write_text("import time; time.sleep(600)\n")
+    fake = [sys.executable, str(bin_dir / "generalist")]
+    processes = {"training": subprocess.Popen([*fake, "train", "--run-dir", str(runs / "a-seed0")]),
+                 "evaluation": subprocess.Popen([*fake, "eval", str(runs / "b-seed0"), "--n", "1000"]),
+                 "driver": subprocess.Popen([sys.executable, str(accuracy / "protocol.py"), "--runs", str(runs)]),
+                 "another study's driver": subprocess.Popen([sys.executable, str(accuracy / "protocol.py"),
+                                                            "--scale", "cpu"]),  # its runs: runs/accuracy-cpu
+                 "another study's training": subprocess.Popen([*fake, "train", "--run-dir",
+                                                               str(elsewhere / "c-seed0")])}
+    try:
+        deadline = time.monotonic() + 60
+        while unfinished.checkpoint_step(runs / "a-seed0") is None:
+            assert time.monotonic() < deadline, "the fake training never wrote a checkpoint"
+            time.sleep(0.05)
+        found = unfinished.study_processes(runs)
+        assert {role: sorted(pid for pid, _ in pids) for role, pids in found.items()} == {
+            "driver": [processes["driver"].pid], "train": [processes["training"].pid],
+            "eval": [processes["evaluation"].pid]}
+
+        unfinished.stop(runs, wait_s=60, poll_s=0.02)
+
+        for name in ("training", "evaluation", "driver"):
+            assert processes[name].wait(timeout=30) == -9, name
+        step = unfinished.checkpoint_step(runs / "a-seed0")
+        time.sleep(0.5)
+        assert unfinished.checkpoint_step(runs / "a-seed0") == step  # nothing wrote after the stop
+        for name in ("another study's training", "another study's driver"):
+            assert processes[name].poll() is None, f"{name} was stopped"
+    finally:
+        for process in processes.values():
+            process.kill()
+            process.wait()
