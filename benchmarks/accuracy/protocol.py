@@ -12,7 +12,8 @@ AutoAttack robust accuracy (per threat and union) of each method, as mean +- std
 Evaluation is on the first N CIFAR-10 *test* points (default 1,000) with standard AutoAttack per threat.
 Every step is resumable: a finished run or evaluation is skipped, an interrupted training continues with
 --resume, and AutoAttack keeps its own state. Runs go in parallel, one thread each; a run's evaluations start
-as soon as its own training ends (trainings first, then every final global learner before any best one).
+as soon as its own training ends (seed by seed: a seed's trainings, then every final global learner before any
+best one, then the next seed's).
 
     python benchmarks/accuracy/protocol.py --phase all            # the main table (8 recipes x 3 seeds)
     python benchmarks/accuracy/protocol.py --phase all --ablations  # the generalist-d ablations
