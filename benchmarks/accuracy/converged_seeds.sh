@@ -24,7 +24,8 @@ read -r -a table_recipes <<< "${TABLE_RECIPES:-${recipes[*]}}"
 study=${STUDY:-study}
 export PYTHONPATH=$PWD RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 # On a fresh checkout, the runs an earlier machine left unfinished continue where they stopped; before that
-# machine is given back: `python benchmarks/accuracy/unfinished.py save` (the study stopped), and commit the archives.
+# machine is given back: `python benchmarks/accuracy/unfinished.py stop` (stops the study, then saves), and commit the
+# archives.
 "$PY" benchmarks/accuracy/unfinished.py restore
 # Every seed's runs in one pool: a seed's evaluations before the next seed's trainings, so no core waits for the
 # slowest run of a seed. The tables (any time, from what has finished: `protocol.py --phase table ...`) at the end.
