@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -31,6 +32,9 @@ from pathlib import Path
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cpu_seconds  # noqa: E402 - this folder's module, beside the script
 
 from generalist.config import apply_overrides  # noqa: E402
 from generalist.distributed import train  # noqa: E402
@@ -83,7 +87,7 @@ class CpuSampler:
 
     A process's CPU time only grows, so the last sample before it exits counts (up to 0.2 s of it is lost)."""
 
-    TICKS = os.sysconf("SC_CLK_TCK")
+    TICKS = cpu_seconds.TICK
 
     def __init__(self):
         self.seen: dict[int, tuple[str, float]] = {}
@@ -91,21 +95,16 @@ class CpuSampler:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self, pid: int) -> None:
-        try:
-            line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            category = next((label for key, label in CATEGORIES if key in line), None)
-            if category is None:
-                return
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the process ended between listing and reading
-            return
-        self.seen[pid] = (category, (int(fields[11]) + int(fields[12])) / self.TICKS)  # utime + stime
+        # The /proc readers of benchmarks/cpu_seconds.py: "" and None once the process has ended.
+        category = next((label for key, label in CATEGORIES if key in cpu_seconds.command_line(pid)), None)
+        ticks = cpu_seconds.process_ticks(pid) if category is not None else None
+        if ticks is not None:
+            self.seen[pid] = (category, ticks / self.TICKS)  # utime + stime
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            for entry in Path("/proc").iterdir():
-                if entry.name.isdigit():
-                    self._sample(int(entry.name))
+            for pid in cpu_seconds.pids():
+                self._sample(pid)
             self.stop.wait(0.2)
 
     def __enter__(self):
