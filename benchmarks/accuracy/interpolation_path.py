@@ -22,6 +22,12 @@ loaded 2-core machine.
 between `generalist-mn`'s learners (its final global mixes them 0.5 / 0.5), on clean, PGD-10 Linf, PGD-10 L2 and
 their union (right clean and under both attacks), against MAX's final global, the multi-norm goal being
 `generalist-mn` union >= MAX's. Reads {generalist-mn,max}-seed{S}/, writes interpolation-path-mn.{md,json,png}.
+
+`--recipe generalist-t` asks what the natural learner does to the multi-norm global: the path natural weight w,
+w x natural + (1 - w) / 2 x (linf + l2), from the even mix of its two adversarial learners (w = 0) to its natural
+learner (w = 1), through its final global's point (w = 1/3, added to the grid), scored as `generalist-mn`'s path
+against AVG's final global (the study pairs generalist-t with AVG: both give every threat an equal share). Reads
+{generalist-t,avg}-seed{S}/, writes interpolation-path-t.{md,json,png}.
 """
 
 from __future__ import annotations
@@ -53,26 +59,51 @@ WEIGHTS = [round(0.1 * k, 1) for k in range(11)]
 
 @dataclass(frozen=True)
 class Pair:
-    """A Generalist recipe of two learners, the path between them (from `start` at w = 0 to `end` at w = 1),
-    the baseline it must beat and the results' file name."""
+    """A path between a Generalist recipe's learners: from the even mix of the `start` learners at w = 0 to the
+    `end` learner at w = 1; the baseline it must beat (and its name in tables), the results' file name, and what
+    the path is, in words, for the table and the plot."""
     recipe: str
-    start: str
+    start: tuple[str, ...]
     end: str
     baseline: str
     name: str
+    baseline_label: str = ""
+    description: str = ""
 
     @property
     def weight_key(self) -> str:
         return f"{self.end}_weight"
 
+    def learner_weights(self, w: float) -> dict[str, float]:
+        """The share of each learner at the path's point w."""
+        return {**{name: (1 - w) / len(self.start) for name in self.start}, self.end: w}
 
-PAIRS = {"generalist-d": Pair("generalist-d", "linf", "natural", "pgd-at", "interpolation-path"),
-         "generalist-mn": Pair("generalist-mn", "linf", "l2", "max", "interpolation-path-mn")}
+
+PAIRS = {"generalist-d": Pair("generalist-d", ("linf",), "natural", "pgd-at", "interpolation-path", "PGD-AT",
+                              "the linf learner (w = 0) to the natural learner (w = 1)"),
+         "generalist-mn": Pair("generalist-mn", ("linf",), "l2", "max", "interpolation-path-mn", "MAX",
+                               "the linf learner (w = 0) to the l2 learner (w = 1)"),
+         "generalist-t": Pair("generalist-t", ("linf", "l2"), "natural", "avg", "interpolation-path-t", "AVG",
+                              "linf + l2, half each (w = 0), to the natural learner (w = 1)")}
 
 
 def interpolate(start: dict, end: dict, w: float) -> dict:
-    """The path's point w: (1 - w) start + w end, by the global learner's own rule (mixing.interpolate)."""
+    """The path's point w between two learners: (1 - w) start + w end, by the global learner's own rule
+    (mixing.interpolate)."""
     return mixing.interpolate([start, end], [1 - w, w])
+
+
+def path_point(states: dict[str, dict], order: list[str], pair: Pair, w: float) -> dict:
+    """The path's point w: the learners' states mixed by the global learner's own rule, in the run's learner
+    order (for two learners exactly `interpolate`)."""
+    shares = pair.learner_weights(w)
+    return mixing.interpolate([states[name] for name in order], [shares[name] for name in order])
+
+
+def path_grid(final_weight: float) -> list[float]:
+    """0, 0.1, ..., 1 and the global learner's own final weight (generalist-t's 1/3), so the shipped global is
+    recomputed on the path."""
+    return sorted(set(WEIGHTS) | {final_weight})
 
 
 def model_of(config, data, state: dict) -> torch.nn.Module:
@@ -94,9 +125,9 @@ def score(config, data, model: torch.nn.Module, generator_seed: int) -> dict[str
 
 def reestimated(config, data, state: dict, pair: Pair, w: float, tick: int) -> torch.nn.Module:
     """`state` as a model whose statistics the run's own rule (training.reestimate_global_bn: same batches, same
-    generator) re-estimated with the shares (1 - w) of the start learner's inputs and w of the end learner's
-    (for generalist-d: linf points and clean inputs), not the run's final weights."""
-    weights = {pair.start: 1 - w, pair.end: w}
+    generator) re-estimated with the shares of the path's point w (for generalist-d (1 - w) linf points and w
+    clean inputs), not the run's final weights."""
+    weights = pair.learner_weights(w)
     return reestimate_global_bn(config, data, model_of(config, data, state), "cpu", tick,
                                 [weights[learner.name] for learner in config.learners])
 
@@ -106,21 +137,22 @@ def path_for_seed(runs: Path, seed: int, pair: Pair = PAIRS["generalist-d"]) -> 
     config = load_run_config(run)
     data = prepare_run_data(config)
     last = run / "checkpoints" / "last"
-    ema = {name: ckpt.load_payload(last, f"learner-{name}")["ema"] for name in (pair.start, pair.end)}
+    order = [learner.name for learner in config.learners]
+    ema = {name: ckpt.load_payload(last, f"learner-{name}")["ema"] for name in order}
     steps = config.schedule.epochs * data.stream.steps_per_epoch
     tick = clock_tick(config, steps - 1, data.stream.steps_per_epoch)
     final = dict(zip((l.name for l in config.learners), mixing_weights(tick, config)))
     stored_global = ckpt.load_payload(last, "global")["state"]
-    check = interpolate(ema[pair.start], ema[pair.end], final[pair.end])
+    check = path_point(ema, order, pair, final[pair.end])
     drift = max((check[k] - stored_global[k]).abs().max().item() for k in check if check[k].is_floating_point())
     print(f"seed {seed}: final weights {final}; |path(w={final[pair.end]}) - stored global| = {drift:.2e}",
           flush=True)
     shipped = ckpt.load_state_dict_file(run / "final" / "global.pt")
     eval_seed = derive_seed(seed, "interpolation-path")
     rows = []
-    for w in WEIGHTS:
+    for w in path_grid(final[pair.end]):
         t0 = time.time()
-        state = interpolate(ema[pair.start], ema[pair.end], w)
+        state = path_point(ema, order, pair, w)
         est_model = reestimated(config, data, state, pair, w, tick)
         row = {pair.weight_key: w, "stored": score(config, data, model_of(config, data, state), eval_seed),
                "reestimated": score(config, data, est_model, eval_seed)}
@@ -129,7 +161,7 @@ def path_for_seed(runs: Path, seed: int, pair: Pair = PAIRS["generalist-d"]) -> 
             row["shipped_max_abs_diff"] = max((est_state[k].double() - shipped[k].double()).abs().max().item()
                                               for k in shipped)
         rows.append(row)
-        print(f"  w={w:.1f} stored {row['stored']} re-estimated {row['reestimated']} ({time.time() - t0:.0f} s)"
+        print(f"  w={w:.2f} stored {row['stored']} re-estimated {row['reestimated']} ({time.time() - t0:.0f} s)"
               + (f"; max |this - final/global.pt| {row['shipped_max_abs_diff']:.1e}" if w == final[pair.end] else ""),
               flush=True)
     global_scores = {"stored": score(config, data, model_of(config, data, stored_global), eval_seed),
@@ -245,28 +277,37 @@ def plot(results: list[dict], path: Path) -> None:
 MULTI_NORM = ("clean_acc", "pgd_acc_Linf", "pgd_acc_L2", "pgd_acc_union")
 
 
-def write_table_mn(results: list[dict], command: str) -> str:
-    """The generalist-mn path: clean, PGD Linf, PGD L2 and union, stored and re-estimated, against MAX."""
-    pair = PAIRS["generalist-mn"]
-    final_w = "/".join(sorted({f"{r['final_weights'][pair.end]:g}" for r in results}))
+def weight_label(w: float) -> str:
+    """0.0, 0.1, ..., 1.0 as the grid's rows have always read; an off-grid final weight (1/3) to 3 decimals."""
+    return f"{w:.1f}" if round(w, 1) == w else f"{w:.3f}"
+
+
+def write_table_mn(results: list[dict], command: str, pair: Pair = PAIRS["generalist-mn"]) -> str:
+    """A multi-norm path (generalist-mn's or generalist-t's): clean, PGD Linf, PGD L2 and union, stored and
+    re-estimated, against the recipe's baseline (MAX, AVG)."""
+    final_w = "/".join(sorted({weight_label(r["final_weights"][pair.end]) for r in results}))
+    label = pair.baseline_label
+    mix = (f"w x {pair.end} + (1 - w) x {pair.start[0]}" if len(pair.start) == 1
+           else f"w x {pair.end} + (1 - w) / {len(pair.start)} x ({' + '.join(pair.start)})")
     lines = [
-        "# The path between generalist-mn's learners (converged -cpu scale)",
+        f"# The path between {pair.recipe}'s learners (converged -cpu scale)",
         "",
-        "Variant: `generalist-mn-cpu` / `max-cpu` as trained for the converged multi-norm study (step clock,",
-        "re-estimated statistics). Each row: the learners' final EMA weights interpolated, w x l2 + (1 - w) x linf,",
-        f"scored on the run's first {results[0]['points']} validation points: clean, PGD-{results[0]['pgd_steps']}"
-        " Linf (eps 8/255), PGD L2 (eps 0.5) and their union",
+        f"Variant: `{pair.recipe}-cpu` / `{pair.baseline}-cpu` as trained for the converged multi-norm study (step"
+        " clock,",
+        f"re-estimated statistics). The path goes from {pair.description}. Each row: the learners' final EMA weights",
+        f"mixed, {mix}, scored on the run's first {results[0]['points']} validation points: clean,"
+        f" PGD-{results[0]['pgd_steps']} Linf (eps 8/255), PGD L2 (eps 0.5) and their union",
         "(right clean and under both attacks), in %, mean ± std over seeds "
         f"{', '.join(str(r['seed']) for r in results)}. `stored`: running statistics interpolated like the",
         "weights; `re-estimated`: the run's rule (generalist/bn_stats.py) with the shares set by w. The global",
-        f"learner sits near the path's w = {final_w} point (its final l2 weight); its own rows are at the bottom."
-        " Goal of the issue:",
-        "`generalist-mn` union >= MAX's (the last column checks each seed against its own MAX).",
+        f"learner sits near the path's w = {final_w} point (its final {pair.end} weight); its own rows are at the"
+        " bottom. The line to reach:",
+        f"`{pair.recipe}` union >= {label}'s (the last column checks each seed against its own {label}).",
         "",
         f"Command: `{command}`",
         "",
-        "| l2 weight w | stored clean | stored Linf | stored L2 | stored union | re-est. clean | re-est. Linf "
-        "| re-est. L2 | re-est. union | union >= MAX (re-est.) |",
+        f"| {pair.end} weight w | stored clean | stored Linf | stored L2 | stored union | re-est. clean | re-est. Linf "
+        f"| re-est. L2 | re-est. union | union >= {label} (re-est.) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     reference = [r["baseline"]["shipped"] for r in results]
@@ -274,14 +315,14 @@ def write_table_mn(results: list[dict], command: str) -> str:
     def cells(scores: list[dict]) -> str:
         return " | ".join(fmt([s[k] for s in scores]) for k in MULTI_NORM)
 
-    for i, w in enumerate(WEIGHTS):
+    for i, w in enumerate(p[pair.weight_key] for p in results[0]["path"]):
         assert all(r["path"][i][pair.weight_key] == w for r in results)
         est = [r["path"][i]["reestimated"] for r in results]
         beats = all(e["pgd_acc_union"] >= ref["pgd_acc_union"] for e, ref in zip(est, reference))
-        lines.append(f"| {w:.1f} | {cells([r['path'][i]['stored'] for r in results])} | {cells(est)} | "
+        lines.append(f"| {weight_label(w)} | {cells([r['path'][i]['stored'] for r in results])} | {cells(est)} | "
                      f"{'yes' if beats else 'no'} |")
     blank = " | ".join([""] * len(MULTI_NORM))
-    for who, key in (("generalist-mn final global", "global"), ("MAX final global", "baseline")):
+    for who, key in ((f"{pair.recipe} final global", "global"), (f"{label} final global", "baseline")):
         lines += [f"| {who}, shipped (re-estimated) | {blank} | {cells([r[key]['shipped'] for r in results])} | |",
                   f"| {who}, stored statistics | {cells([r[key]['stored'] for r in results])} | {blank} | |"]
     lines += [
@@ -293,13 +334,14 @@ def write_table_mn(results: list[dict], command: str) -> str:
                                                   if "shipped_max_abs_diff" in p])
            else "not measured (the final weight is not a point of the path's grid)."),
         "",
-        "![PGD Linf against PGD L2, and the union, along the path](interpolation-path-mn.png)",
+        f"![PGD Linf against PGD L2, and the union, along the path]({pair.name}.png)",
     ]
     return "\n".join(lines) + "\n"
 
 
-def plot_mn(results: list[dict], path: Path) -> None:
-    """Left: PGD Linf against PGD L2 along the path, MAX as a star; right: the union against w, MAX's as a line."""
+def plot_mn(results: list[dict], path: Path, pair: Pair = PAIRS["generalist-mn"]) -> None:
+    """Left: PGD Linf against PGD L2 along the path, the baseline (MAX, AVG) as a star; right: the union against w,
+    the baseline's as a line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -307,7 +349,7 @@ def plot_mn(results: list[dict], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
     colours = ["tab:blue", "tab:orange", "tab:green"]
     for r, colour in zip(results, colours):
-        weights = [p["l2_weight"] for p in r["path"]]
+        weights = [p[pair.weight_key] for p in r["path"]]
         for kind, style in (("stored", ":"), ("reestimated", "-")):
             label = f"seed {r['seed']}, {'re-estimated' if kind == 'reestimated' else 'stored'} statistics"
             xs = [p[kind]["pgd_acc_Linf"] for p in r["path"]]
@@ -317,16 +359,19 @@ def plot_mn(results: list[dict], path: Path) -> None:
                        color=colour, label=label)
             if kind == "reestimated":
                 for w, x, y in zip(weights, xs, ys):
-                    if w in (0.0, 0.5, 1.0):
-                        left.annotate(f"w={w:.1f}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                    if w in (0.0, r["final_weights"][pair.end], 1.0):
+                        left.annotate(f"w={weight_label(w)}", (x, y), fontsize=7, xytext=(3, 3),
+                                      textcoords="offset points")
         ref = r["baseline"]["shipped"]
-        left.plot([ref["pgd_acc_Linf"]], [ref["pgd_acc_L2"]], "*", ms=12, color=colour, label=f"MAX seed {r['seed']}")
-        right.axhline(ref["pgd_acc_union"], ls="--", color=colour, lw=1, label=f"MAX seed {r['seed']} union")
+        left.plot([ref["pgd_acc_Linf"]], [ref["pgd_acc_L2"]], "*", ms=12, color=colour,
+                  label=f"{pair.baseline_label} seed {r['seed']}")
+        right.axhline(ref["pgd_acc_union"], ls="--", color=colour, lw=1,
+                      label=f"{pair.baseline_label} seed {r['seed']} union")
     steps = results[0]["pgd_steps"]
     left.set_xlabel(f"PGD-{steps} Linf accuracy (%), validation")
     left.set_ylabel(f"PGD-{steps} L2 accuracy (%), validation")
-    left.set_title("the path from the linf learner (w = 0) to the l2 learner (w = 1)", fontsize=9)
-    right.set_xlabel("l2 weight w")
+    left.set_title(f"the path from {pair.description}", fontsize=9)
+    right.set_xlabel(f"{pair.end} weight w")
     right.set_ylabel("union accuracy (%), validation")
     right.set_title(f"union: right clean and under both PGD-{steps} attacks", fontsize=9)
     for ax in (left, right):
@@ -339,7 +384,7 @@ def plot_mn(results: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", choices=list(PAIRS), default="generalist-d",
-                        help="the Generalist recipe whose learners the path joins (its baseline: pgd-at, max)")
+                        help="the Generalist recipe whose learners the path joins (its baseline: pgd-at, max, avg)")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "accuracy-cpu")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -364,9 +409,12 @@ def main(argv: list[str] | None = None) -> int:
     command = ("nice -n 19 python benchmarks/accuracy/interpolation_path.py"
                + ("" if pair.recipe == "generalist-d" else f" --recipe {pair.recipe}")
                + " --seeds " + " ".join(map(str, args.seeds)))
-    write, draw = (write_table, plot) if pair.recipe == "generalist-d" else (write_table_mn, plot_mn)
-    (args.out / f"{pair.name}.md").write_text(write(results, command))
-    draw(results, args.out / f"{pair.name}.png")
+    if pair.recipe == "generalist-d":
+        (args.out / f"{pair.name}.md").write_text(write_table(results, command))
+        plot(results, args.out / f"{pair.name}.png")
+    else:
+        (args.out / f"{pair.name}.md").write_text(write_table_mn(results, command, pair))
+        plot_mn(results, args.out / f"{pair.name}.png", pair)
     print(f"wrote {args.out / (pair.name + '.md')}")
     return 0
 

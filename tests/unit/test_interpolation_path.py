@@ -83,10 +83,61 @@ def test_the_multi_norm_path_beats_max_only_where_every_seeds_union_reaches_its_
 def test_the_pair_names_which_learners_the_path_joins_and_its_baseline():
     pairs = load_interpolation_path().PAIRS
     assert (pairs["generalist-d"].start, pairs["generalist-d"].end, pairs["generalist-d"].baseline) == \
-        ("linf", "natural", "pgd-at")
+        (("linf",), "natural", "pgd-at")
     assert pairs["generalist-d"].weight_key == "natural_weight"  # the key of the published interpolation-path.json
     assert (pairs["generalist-mn"].start, pairs["generalist-mn"].end, pairs["generalist-mn"].baseline) == \
-        ("linf", "l2", "max")
+        (("linf",), "l2", "max")
+    assert (pairs["generalist-t"].start, pairs["generalist-t"].end, pairs["generalist-t"].baseline) == \
+        (("linf", "l2"), "natural", "avg")
+
+
+def test_generalist_t_s_path_runs_from_its_adversarial_learners_half_each_to_its_natural_one_through_its_global():
+    path = load_interpolation_path()
+    pair = path.PAIRS["generalist-t"]
+    states = {name: {"w": torch.full((3,), value), "bn.num_batches_tracked": torch.tensor(4)}
+              for name, value in (("linf", 1.0), ("natural", 4.0), ("l2", 7.0))}
+    order = ["linf", "natural", "l2"]  # the recipe's learner order
+    assert torch.equal(path.path_point(states, order, pair, 0.0)["w"], torch.full((3,), 4.0))  # (1 + 7) / 2
+    assert torch.equal(path.path_point(states, order, pair, 1.0)["w"], torch.full((3,), 4.0 * 1.0))
+    assert torch.allclose(path.path_point(states, order, pair, 0.5)["w"], torch.full((3,), 0.25 + 2.0 + 1.75))
+    assert pair.learner_weights(0.2) == {"linf": 0.4, "l2": 0.4, "natural": 0.2}
+    # Two learners: the point is `interpolate`'s, bit for bit (the published generalist-d path stays as it was).
+    d = path.PAIRS["generalist-d"]
+    two = {"linf": states["linf"], "natural": {"w": torch.randn(3), "bn.num_batches_tracked": torch.tensor(2)}}
+    assert torch.equal(path.path_point(two, ["linf", "natural"], d, 0.3)["w"],
+                       path.interpolate(two["linf"], two["natural"], 0.3)["w"])
+    # The global's own final weight joins the grid when it is off it (generalist-t's 1/3), and only then.
+    assert path.path_grid(0.6) == path.WEIGHTS
+    grid = path.path_grid(1 / 3)
+    assert len(grid) == 12 and grid[4] == 1 / 3 and [path.weight_label(w) for w in grid[3:6]] == ["0.3", "0.333", "0.4"]
+
+
+def test_generalist_t_s_table_compares_each_seed_with_its_own_avg_and_keeps_the_off_grid_row(tmp_path):
+    path = load_interpolation_path()
+    pair = path.PAIRS["generalist-t"]
+    grid = path.path_grid(1 / 3)
+
+    def seed(seed: int, avg_union: float, unions: dict[float, float]) -> dict:
+        def acc(union):
+            return {"clean_acc": 48.0, "pgd_acc_Linf": 18.0, "pgd_acc_L2": 30.0, "pgd_acc_union": union}
+
+        return {"seed": seed, "path": [{"natural_weight": w, "stored": acc(unions.get(w, 0)),
+                                        "reestimated": acc(unions.get(w, 0))} for w in grid],
+                "baseline": {"shipped": acc(avg_union), "stored": acc(avg_union)},
+                "final_weights": {"linf": 1 / 3, "natural": 1 / 3, "l2": 1 / 3},
+                "global": {"shipped": acc(0), "stored": acc(0)}, "stored_global_drift": 0.0, "points": 10,
+                "pgd_steps": 10}
+
+    results = [seed(0, 18.0, {0.0: 19.0, 1 / 3: 17.0}), seed(1, 20.0, {0.0: 20.5, 1 / 3: 21.0})]
+    table = path.write_table_mn(results, "cmd", pair)
+    rows = {cells[1].strip(): cells for cells in (line.split("|") for line in table.splitlines())
+            if len(cells) > 2 and cells[1].strip()[:2] in ("0.", "1.")}
+    assert len(rows) == 12
+    assert {w: rows[w][10].strip() for w in ("0.0", "0.333", "1.0")} == {"0.0": "yes", "0.333": "no", "1.0": "no"}
+    assert "| natural weight w |" in table and "union >= AVG (re-est.)" in table and "AVG final global" in table
+    assert "w x natural + (1 - w) / 2 x (linf + l2)" in table and "interpolation-path-t.png" in table
+    path.plot_mn(results, tmp_path / "t.png", pair)
+    assert (tmp_path / "t.png").stat().st_size > 10_000
 
 
 def test_a_seed_without_its_run_folders_is_one_error_and_a_finished_seed_needs_none(tmp_path, capsys):
