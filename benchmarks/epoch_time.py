@@ -13,7 +13,9 @@ Epoch figures are `steps_per_epoch x median step time`, an estimate from `--step
 
 Method: the recipe's config (model, batch, attacks, optimiser) and the framework's own Learner.run_steps, one
 step per call (each call ends with a host sync, so CUDA time is counted), the GlobalLearner's sync on the
-learners' EMA states. One process; the learners run one after another.
+learners' EMA states. One process; the learners run one after another. For a recipe of several learners it also
+times a round of one step of all of them as the training loop runs it (generalist.learner.run_round: side by side,
+each on its own CUDA stream under runtime.learner_streams) and prints it against their steps one after another.
 
     GENERALIST_DATA=/path/to/data python benchmarks/epoch_time.py --recipes pgd-at generalist-d --device cuda
     python benchmarks/epoch_time.py --recipes pgd-at-small generalist-d-small --steps 20   # CPU scale
@@ -32,7 +34,7 @@ import time
 import torch
 
 from generalist.config import apply_overrides
-from generalist.learner import Learner
+from generalist.learner import Learner, run_round
 from generalist.mixing import GlobalLearner
 from generalist.recipes import get_recipe
 from generalist.repro import resolve_device, set_determinism
@@ -69,6 +71,16 @@ def time_recipe(recipe: str, device_name: str, steps: int, warmup: int, threads:
         for _ in range(warmup):
             step()
         step_seconds[learner.name] = median_seconds(step, steps)
+    round_seconds = None
+    if len(learners) > 1:
+        position = itertools.count()
+
+        def round_of_all():
+            run_round(learners, 1, next(position) % spe, 1)
+
+        for _ in range(warmup):
+            round_of_all()
+        round_seconds = median_seconds(round_of_all, steps)
     sync_seconds = None
     if len(learners) > 1:
         global_learner = GlobalLearner(config, data.initial_state, device,
@@ -85,7 +97,8 @@ def time_recipe(recipe: str, device_name: str, steps: int, warmup: int, threads:
         sync_seconds = median_seconds(sync, steps)
     return {"recipe": recipe, "precision": precision, "model": config.model.name, "batch": config.data.batch_size,
             "steps_per_epoch": spe, "step_paths": {learner.name: step_path(learner) for learner in learners},
-            "step_seconds": step_seconds, "sync_seconds": sync_seconds, "device": str(device)}
+            "step_seconds": step_seconds, "round_seconds": round_seconds, "sync_seconds": sync_seconds,
+            "device": str(device), "learner_streams": config.runtime.learner_streams and device.type == "cuda"}
 
 
 def step_path(learner: Learner) -> str:
@@ -143,6 +156,12 @@ def main() -> None:
         if any(path != "eager" for path in r["step_paths"].values()):
             print(f"# {r['recipe']} {r['precision']} steps: "
                   + ", ".join(f"{name} {path}" for name, path in r["step_paths"].items()))
+    for r in results:
+        if r["round_seconds"] is not None:
+            k, alone = len(r["step_seconds"]), sum(r["step_seconds"].values())
+            print(f"# {r['recipe']} {r['precision']}: a round of its {k} learners side by side takes "
+                  f"{r['round_seconds']:.4f} s, {r['round_seconds'] / alone:.2f} x their steps one after another "
+                  f"(run_round, learner streams {'on' if r['learner_streams'] else 'off'})")
     by_recipe = {(r["recipe"], r["precision"]): r for r in results}
     for recipe in args.recipes:
         if (recipe, "fp32") in by_recipe and (recipe, "bf16") in by_recipe:

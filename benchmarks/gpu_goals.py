@@ -6,7 +6,8 @@ the part; a row whose parts did not run, or did not print it, reads "not measure
 - the Linf PGD training step (PGD-10 at paper scale) and the natural step (ms), eager (part b) and as a CUDA
   graph (part g), fp32;
 - bf16 against fp32 (speed-up, > 1 is faster), eager and graph, from each part's "bf16 steps take X x" line;
-- a `generalist-t` iteration in process (part d) against its learners' steps one after another (part b);
+- a `generalist-t` iteration in process (part d) against its learners' steps one after another (part b), and a
+  round of its learners side by side with the step as a CUDA graph against their graph steps (part g's line);
 - the Ray backend against in-process on the one device (part d's speed-up column).
 """
 
@@ -78,6 +79,13 @@ def learners_of(text: str, recipe: str) -> list[float]:
             if row.get("recipe") == recipe and row.get("precision") == "fp32"]
 
 
+def side_by_side_round(text: str, recipe: str, precision: str = "fp32") -> float | None:
+    """epoch_time.py's `# RECIPE PRECISION: a round of its K learners side by side takes T s, R x ...` line: R."""
+    match = re.search(rf"^# {re.escape(recipe)} {precision}: a round of its \d+ learners side by side takes "
+                      r"[\d.]+ s, ([\d.]+) x", text, re.M)
+    return float(match.group(1)) if match else None
+
+
 def fmt(value: float | None, digits: int = 1, unit: str = "") -> str:
     return "not measured" if value is None else f"{value:.{digits}f}{unit}"
 
@@ -98,6 +106,7 @@ def goals_table(outputs: dict[str, str], pgd: str, generalist_d: str, generalist
     in_process = side_by_side(d, generalist_t, "in-process s / iter")
     steps = learners_of(b, generalist_t)
     grouped = in_process / sum(steps) if in_process is not None and steps else None
+    grouped_graph = side_by_side_round(g, generalist_t)
     ray = {recipe: side_by_side(d, recipe, "speed-up (in-process / ray)") for recipe in (generalist_d, generalist_t)}
     ray_cell = ", ".join(f"{recipe} {fmt(value, 2)}" for recipe, value in ray.items())
     ray_values = [v for v in ray.values() if v is not None]
@@ -111,8 +120,9 @@ def goals_table(outputs: dict[str, str], pgd: str, generalist_d: str, generalist
         f"{verdict(min(filter(None, natural), default=None), GOALS['natural_ms'], True)} | b, g |",
         f"| bf16 against fp32, {pgd} (speed-up), eager / graph | {fmt(bf16[0], 2)} / {fmt(bf16[1], 2)} | "
         f">= {GOALS['bf16']:g} | {verdict(max(filter(None, bf16), default=None), GOALS['bf16'], False)} | b, g |",
-        f"| {generalist_t} iteration in process, against its learners' steps one after another | {fmt(grouped, 2)} | "
-        f"<= {GOALS['grouped']:g} | {verdict(grouped, GOALS['grouped'], True)} | d / b |",
+        f"| {generalist_t} iteration in process, against its learners' steps one after another, eager / graph "
+        f"side by side | {fmt(grouped, 2)} / {fmt(grouped_graph, 2)} | <= {GOALS['grouped']:g} | "
+        f"{verdict(min(filter(None, (grouped, grouped_graph)), default=None), GOALS['grouped'], True)} | d / b, g |",
         f"| Ray backend on the device, against in-process (speed-up) | {ray_cell} | >= {GOALS['ray']:g} | "
         f"{verdict(min(ray_values, default=None), GOALS['ray'], False)} | d |",
         "",

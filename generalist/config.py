@@ -233,6 +233,10 @@ class RuntimeConfig:
     # Record a learner's step as a CUDA graph and replay it (generalist.graph_step): CUDA, plain or PGD
     # cross-entropy learners, not with compile or deterministic kernels; elsewhere the eager step runs.
     cuda_graph: bool = False
+    # Each learner's rounds on a CUDA stream of its own, so that learners sharing a GPU in one process overlap there
+    # (generalist.learner.run_round); CUDA only. The same kernels on each learner's tensors: no number moves. Off
+    # until a GPU has run it (benchmarks/gpu_check.py part g measures it with cuda_graph).
+    learner_streams: bool = False
     # Learners per Ray worker process. None = automatic (generalist.distributed.placement.resolve_grouping): the
     # learners that share a GPU share one worker, which trains them one after another with no context switch
     # between processes and mixes them with a device-local fold; otherwise one worker per learner. The numbers

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -86,6 +88,10 @@ class Learner:
         self.generator.manual_seed(derive_seed(config.seed, 1, index))  # seed stream 1: attacks, per learner
         # runtime.cuda_graph: the step recorded once and replayed (generalist.graph_step); else the eager step.
         self.train_step = self._graphed_step() if graphed else self._eager_step
+        # runtime.learner_streams: the learner's rounds run on a CUDA stream of its own, so that learners sharing a
+        # GPU in one process overlap on it (run_round); None elsewhere, where the current stream is all there is.
+        self.cuda_stream = (torch.cuda.Stream(device=device)
+                            if device.type == "cuda" and config.runtime.learner_streams else None)
 
     @property
     def name(self) -> str:
@@ -93,6 +99,12 @@ class Learner:
 
     def run_steps(self, epoch: int, first_step: int, n: int) -> RoundStats:
         """Train n optimiser steps of 1-based `epoch`, starting at `first_step` of that epoch."""
+        return self.launch_steps(epoch, first_step, n).result()
+
+    def launch_steps(self, epoch: int, first_step: int, n: int) -> LaunchedRound:
+        """Queue the round's n steps on the device without waiting for them (on a CPU: run them) and return the
+        round, whose `result()` waits for it, checks it and gives its RoundStats. Between the two, other learners
+        of this process can queue theirs (run_round): on a GPU, on their own streams, their kernels overlap."""
         start = time.perf_counter()
         # The round's clock epoch (generalist.mixing.clock_tick): rounds never span two (training.plan_epoch).
         tick = clock_tick(self.config, (epoch - 1) * self.stream.steps_per_epoch + first_step,
@@ -100,29 +112,39 @@ class Learner:
         lr = self.spec.lr * lr_factor(tick, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        images = 0
-        live_floats, live_integers = self._live_floats, self._live_integers
-        first_update_of_round = True
-        for step in range(first_step, first_step + n):
-            x, y = self.stream.batch(epoch - 1, step, self.device)
-            x = x.contiguous(memory_format=self.memory_format)  # a no-op for the default format
-            loss, logits = self.train_step(x, y)
-            decay = ema_decay(self.ema_steps, self.max_decay)
-            self._update_ema(live_floats, live_integers, decay, into_spare=first_update_of_round)
-            first_update_of_round = False
-            self.ema_steps += 1
-            self.steps_done += 1
-            loss_sum += loss.detach()
-            correct += (logits.detach().argmax(1) == y).sum()
-            images += len(y)
-        # The loss of a step is computed before its update, so a finite loss can leave non-finite weights or
-        # BN statistics behind; check the state too, in the same host sync, before it can be checkpointed. The
-        # packed EMA holds (1 - d) * every live float of the last step, 1 - d > 0: it is finite exactly when
-        # they all were (or had been), so one kernel over one buffer checks them all.
-        finite = self.ema_layout.floats(self._ema_buffers[self._ema_current]).isfinite().all()
-        loss_total, finite = torch.stack([loss_sum, finite.to(loss_sum.dtype)]).tolist()
+        with self.own_stream():
+            loss_sum = torch.zeros((), device=self.device)
+            correct = torch.zeros((), device=self.device, dtype=torch.long)
+            images = 0
+            live_floats, live_integers = self._live_floats, self._live_integers
+            first_update_of_round = True
+            for step in range(first_step, first_step + n):
+                x, y = self.stream.batch(epoch - 1, step, self.device)
+                x = x.contiguous(memory_format=self.memory_format)  # a no-op for the default format
+                loss, logits = self.train_step(x, y)
+                decay = ema_decay(self.ema_steps, self.max_decay)
+                self._update_ema(live_floats, live_integers, decay, into_spare=first_update_of_round)
+                first_update_of_round = False
+                self.ema_steps += 1
+                self.steps_done += 1
+                loss_sum += loss.detach()
+                correct += (logits.detach().argmax(1) == y).sum()
+                images += len(y)
+        return LaunchedRound(self, epoch, first_step, n, tick, lr, start, loss_sum, correct, images)
+
+    def _finish(self, launched: LaunchedRound) -> RoundStats:
+        """The round's one host sync: wait for its steps, check that they stayed finite, report."""
+        with self.own_stream():
+            # The loss of a step is computed before its update, so a finite loss can leave non-finite weights or
+            # BN statistics behind; check the state too, in the same host sync, before it can be checkpointed.
+            # The packed EMA holds (1 - d) * every live float of the last step, 1 - d > 0: it is finite exactly
+            # when they all were (or had been), so one kernel over one buffer checks them all.
+            finite = self.ema_layout.floats(self._ema_buffers[self._ema_current]).isfinite().all()
+            loss_total, finite, correct = torch.stack([launched.loss_sum, finite.to(launched.loss_sum.dtype),
+                                                       launched.correct.to(launched.loss_sum.dtype)]).tolist()
+        if self.cuda_stream is not None:  # what follows on the current stream (the sync, a checkpoint) sees it
+            torch.cuda.current_stream(self.device).wait_stream(self.cuda_stream)
+        epoch, first_step, n = launched.epoch, launched.first_step, launched.n
         mean_loss = loss_total / n
         if not (math.isfinite(mean_loss) and finite):
             what = f"training loss is {mean_loss}" if not math.isfinite(mean_loss) else \
@@ -131,8 +153,20 @@ class Learner:
                 f"learner {self.name!r}: {what} at epoch {epoch}, steps "
                 f"{first_step}..{first_step + n - 1}; lower learners.{self.name}.lr (now {self.spec.lr}). "
                 "The last good checkpoint was kept.")
-        return RoundStats(self.name, epoch, self.steps_done, mean_loss, correct.item() / images, lr,
-                          time.perf_counter() - start, images, tick)
+        return RoundStats(self.name, epoch, self.steps_done, mean_loss, correct / launched.images, launched.lr,
+                          time.perf_counter() - launched.start, launched.images, launched.tick)
+
+    @contextlib.contextmanager
+    def own_stream(self):
+        """The learner's CUDA stream made current, after the work already queued on the current stream (a
+        redistribution, a resume, the sync's reads); a no-op without one."""
+        if self.cuda_stream is None:
+            yield
+            return
+        with torch.cuda.device(self.device):
+            self.cuda_stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(self.cuda_stream):
+                yield
 
     def _eager_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimiser step on the batch (x, y): the objective's loss and the logits it was computed on."""
@@ -201,3 +235,34 @@ class Learner:
         self.generator.set_state(saved["generator"].cpu() if hasattr(saved["generator"], "cpu") else saved["generator"])
         if isinstance(self.train_step, GraphedStep):  # its graph reads the momentum buffers just replaced
             self.train_step = self._graphed_step()
+
+
+@dataclass
+class LaunchedRound:
+    """A learner's round whose steps are queued (Learner.launch_steps); `result()` waits for it and reports."""
+    learner: Learner
+    epoch: int
+    first_step: int
+    n: int
+    tick: int
+    lr: float
+    start: float
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    images: int
+
+    def result(self) -> RoundStats:
+        return self.learner._finish(self)
+
+
+def run_round(learners: list[Learner], epoch: int, first_step: int, n: int) -> list[RoundStats]:
+    """One round of every learner of this process, side by side: all rounds are queued before any is waited for.
+
+    On a GPU each learner queues on its own stream (runtime.learner_streams), so the kernels of learners that share
+    the device overlap where one learner's leave it idle (at batch 128 on 32x32 images most do); with CUDA graphs
+    (runtime.cuda_graph) a step is one launch, and the host queues every learner's round before the first ends. On
+    a CPU the rounds run one after another at launch, as before. Either way each learner's numbers are its own:
+    learners share only the read-only training stream, whose epoch order is on the device before the first of
+    them returns from its first batch (a host-to-device copy from pageable memory waits for the device)."""
+    launched = [learner.launch_steps(epoch, first_step, n) for learner in learners]
+    return [round_.result() for round_ in launched]

@@ -20,7 +20,7 @@ from generalist.config import RunConfig
 from generalist.data import (TensorData, TrainStream, dataset_info, derive_seed, load_split, resolve_data_root,
                              split_train_val)
 from generalist.evaluation.validation import clean_and_pgd_accuracy, run_threats
-from generalist.learner import Learner, build_initial_state
+from generalist.learner import Learner, build_initial_state, run_round
 from generalist.mixing import StateDict, clock_tick, mixing_weights, tick_starts
 from generalist.models import build_model
 from generalist.records import GLOBAL, EpochResult, RoundStats
@@ -199,7 +199,7 @@ def train_learners(config: RunConfig, data: RunData, learners: list[Learner], sy
                 continue
             tick = clock_tick(config, (epoch - 1) * spe + first, spe)  # the round's clock epoch: its schedules
             weights = mixing_weights(tick, config)
-            stats = [learner.run_steps(epoch, first, n) for learner in learners]
+            stats = run_round(learners, epoch, first, n)  # side by side on a GPU, one after another on a CPU
             t0 = time.perf_counter()
             to_load = sync.exchange(tick, n, {learner.index: learner.ema_buffer for learner in learners})
             if to_load is not None:

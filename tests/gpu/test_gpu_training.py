@@ -139,3 +139,29 @@ def test_the_graph_step_gives_the_losses_of_the_eager_step(recipe):
     drift = ((weights[True] - weights[False]).abs().max() / weights[False].abs().max()).item()
     assert graphed == pytest.approx(eager, rel=1e-3), f"losses eager {eager}, graph {graphed}; weight drift {drift:.2e}"
     assert drift < 1e-3, f"EMA weights differ by {drift:.2e} of their largest (losses {eager} / {graphed})"
+
+
+@pytest.mark.parametrize("overrides", [["runtime.deterministic=true"], ["runtime.cuda_graph=true"]],
+                         ids=["eager-deterministic", "cuda-graph"])
+def test_learners_side_by_side_on_their_own_streams_give_the_numbers_of_one_after_another(overrides):
+    """runtime.learner_streams: generalist-t's three learners queued on three streams of one GPU (run_round, as the
+    training loop runs them) end where the same learners run on the current stream end: bit for bit with
+    deterministic eager kernels; with CUDA graphs (cuDNN may pick other algorithms in another run) within the graph
+    test's tolerance. The rounds cross an epoch, so the shared stream's new order is read by all three."""
+    from generalist.learner import run_round
+
+    losses, weights = {}, {}
+    for streams in (False, True):
+        config = tiny_config("generalist-t-small", f"runtime.learner_streams={str(streams).lower()}", *overrides)
+        data = prepare_run_data(config)
+        learners = [Learner(config, k, data.initial_state, data.stream, data.model_kwargs, CUDA) for k in range(3)]
+        assert all((learner.cuda_stream is not None) == streams for learner in learners)
+        rounds = [run_round(learners, *r) for r in [(1, 0, 6), (1, 6, 4), (2, 0, 6)]]
+        losses[streams] = [s.loss for stats in rounds for s in stats]
+        weights[streams] = torch.cat([t.flatten().float().cpu() for learner in learners for t in learner.ema.values()])
+    drift = ((weights[True] - weights[False]).abs().max() / weights[False].abs().max()).item()
+    if "runtime.deterministic=true" in overrides:
+        assert losses[True] == losses[False] and drift == 0.0, f"losses {losses}; weight drift {drift:.2e}"
+    else:
+        assert losses[True] == pytest.approx(losses[False], rel=1e-3), f"losses {losses}; weight drift {drift:.2e}"
+        assert drift < 1e-3, f"EMA weights differ by {drift:.2e} of their largest"
