@@ -140,6 +140,7 @@ class Learner:
             # The packed EMA holds (1 - d) * every live float of the last step, 1 - d > 0: it is finite exactly
             # when they all were (or had been), so one kernel over one buffer checks them all.
             finite = self.ema_layout.floats(self._ema_buffers[self._ema_current]).isfinite().all()
+            # One copy to the host for all three (the count is exact as a float: a round is at most an epoch).
             loss_total, finite, correct = torch.stack([launched.loss_sum, finite.to(launched.loss_sum.dtype),
                                                        launched.correct.to(launched.loss_sum.dtype)]).tolist()
         if self.cuda_stream is not None:  # what follows on the current stream (the sync, a checkpoint) sees it
