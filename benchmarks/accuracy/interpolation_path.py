@@ -293,16 +293,17 @@ def write_table_mn(results: list[dict], command: str, pair: Pair = PAIRS["genera
         f"# The path between {pair.recipe}'s learners (converged -cpu scale)",
         "",
         f"Variant: `{pair.recipe}-cpu` / `{pair.baseline}-cpu` as trained for the converged multi-norm study (step"
-        " clock,",
-        f"re-estimated statistics). The path goes from {pair.description}. Each row: the learners' final EMA weights",
-        f"mixed, {mix}, scored on the run's first {results[0]['points']} validation points: clean,"
-        f" PGD-{results[0]['pgd_steps']} Linf (eps 8/255), PGD L2 (eps 0.5) and their union",
-        "(right clean and under both attacks), in %, mean ± std over seeds "
-        f"{', '.join(str(r['seed']) for r in results)}. `stored`: running statistics interpolated like the",
-        "weights; `re-estimated`: the run's rule (generalist/bn_stats.py) with the shares set by w. The global",
-        f"learner sits near the path's w = {final_w} point (its final {pair.end} weight); its own rows are at the"
-        " bottom. The line to reach:",
-        f"`{pair.recipe}` union >= {label}'s (the last column checks each seed against its own {label}).",
+        " clock, re-estimated statistics).",
+        f"The path goes from {pair.description}. Each row: the learners' final EMA weights mixed,",
+        f"{mix}, scored on the run's first {results[0]['points']} validation points: clean,"
+        f" PGD-{results[0]['pgd_steps']} Linf (eps 8/255), PGD L2 (eps 0.5)",
+        "and their union (right clean and under both attacks), in %, mean ± std over seeds "
+        f"{', '.join(str(r['seed']) for r in results)}.",
+        "`stored`: running statistics interpolated like the weights; `re-estimated`: the run's rule",
+        f"(generalist/bn_stats.py) with the shares set by w. The global learner sits near the path's w = {final_w}"
+        f" point (its final {pair.end} weight);",
+        f"its own rows are at the bottom. The line to reach: `{pair.recipe}` union >= {label}'s (the last column"
+        f" checks each seed against its own {label}).",
         "",
         f"Command: `{command}`",
         "",
