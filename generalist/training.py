@@ -199,7 +199,7 @@ def train_learners(config: RunConfig, data: RunData, learners: list[Learner], sy
                 continue
             tick = clock_tick(config, (epoch - 1) * spe + first, spe)  # the round's clock epoch: its schedules
             weights = mixing_weights(tick, config)
-            stats = run_round(learners, epoch, first, n)  # side by side on a GPU, one after another on a CPU
+            stats = run_round(learners, epoch, first, n)  # on their own CUDA streams under runtime.learner_streams
             t0 = time.perf_counter()
             to_load = sync.exchange(tick, n, {learner.index: learner.ema_buffer for learner in learners})
             if to_load is not None:
