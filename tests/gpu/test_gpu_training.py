@@ -1,13 +1,19 @@
 """Training on a CUDA GPU: the same batches as on the CPU, the fast defaults in use, bf16 learning as fp32 does,
-and a resumed run byte-identical to an uninterrupted one. Marked `gpu`, skipped without CUDA.
+a resumed run byte-identical to an uninterrupted one, the step as a CUDA graph, and learners side by side on their
+own streams (the same numbers, and no race under the CUDA sanitizer). Marked `gpu`, skipped without CUDA.
 
-Sizes: small-cnn on real CIFAR-10; about 1-2 minutes on one H100 (the bf16-vs-fp32 runs dominate).
+Sizes: small-cnn on real CIFAR-10; about 1-2 minutes on one H100 (the bf16-vs-fp32 runs dominate) before the graph
+and stream tests were added, which have not run on a GPU yet (the sanitized run's time is unknown).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,3 +171,28 @@ def test_learners_side_by_side_on_their_own_streams_give_the_numbers_of_one_afte
     else:
         assert losses[True] == pytest.approx(losses[False], rel=1e-3), f"losses {losses}; weight drift {drift:.2e}"
         assert drift < 1e-3, f"EMA weights differ by {drift:.2e} of their largest"
+
+
+# A whole in-process run of generalist-t with each learner on its own stream (validation, checkpoints and
+# redistribution included), in a process of its own under the CUDA sanitizer.
+SANITIZED_RUN = r'''
+import sys
+sys.path.insert(0, sys.argv[1])
+from conftest import tiny_config
+from generalist.distributed import train
+config = tiny_config("generalist-t-small", "runtime.learner_streams=true", "runtime.device=cuda",
+                     "data.train_subset=320", "schedule.epochs=2")
+train(config, sys.argv[2], quiet=True)
+print("trained", flush=True)
+'''
+
+
+def test_learner_streams_are_race_free_under_the_cuda_sanitizer(tmp_path):
+    """TORCH_CUDA_SANITIZER=1 fails on any access to a tensor from two streams without an ordering between them:
+    the learners' streams against the current stream (the sync, redistribution, validation, checkpoints) and
+    against each other (the shared training stream's epoch order). 2 epochs of 5 steps, 3 learners."""
+    tests = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", SANITIZED_RUN, str(tests), str(tmp_path / "run")],
+                          env={**os.environ, "TORCH_CUDA_SANITIZER": "1", "PYTHONPATH": str(tests.parent)},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "trained" in done.stdout, done.stderr[-3000:]
