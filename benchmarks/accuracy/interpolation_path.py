@@ -27,7 +27,9 @@ their union (right clean and under both attacks), against MAX's final global, th
 w x natural + (1 - w) / 2 x (linf + l2), from the even mix of its two adversarial learners (w = 0) to its natural
 learner (w = 1), through its final global's point (w = 1/3, added to the grid), scored as `generalist-mn`'s path
 against AVG's final global (the study pairs generalist-t with AVG: both give every threat an equal share). Reads
-{generalist-t,avg}-seed{S}/, writes interpolation-path-t.{md,json,png}.
+{generalist-t,avg}-seed{S}/, writes interpolation-path-t.{md,json,png}. `--recipe generalist-t-linf-l2` scores
+`generalist-mn`'s path, linf to l2, between `generalist-t`'s adversarial learners with the natural learner's weight
+at 0 (off the global's path), against AVG: whether any mix of them reaches it. Writes interpolation-path-t-linf-l2.*.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ WEIGHTS = [round(0.1 * k, 1) for k in range(11)]
 class Pair:
     """A path between a Generalist recipe's learners: from the even mix of the `start` learners at w = 0 to the
     `end` learner at w = 1; the baseline it must beat (and its name in tables), the results' file name, and what
-    the path is, in words, for the table and the plot."""
+    the path is, in words, for the table and the plot. A recipe's other learners get no weight on the path; then
+    (`through_global` false) the global learner is not on it."""
     recipe: str
     start: tuple[str, ...]
     end: str
@@ -69,6 +72,7 @@ class Pair:
     name: str
     baseline_label: str = ""
     description: str = ""
+    through_global: bool = True
 
     @property
     def weight_key(self) -> str:
@@ -84,7 +88,10 @@ PAIRS = {"generalist-d": Pair("generalist-d", ("linf",), "natural", "pgd-at", "i
          "generalist-mn": Pair("generalist-mn", ("linf",), "l2", "max", "interpolation-path-mn", "MAX",
                                "the linf learner (w = 0) to the l2 learner (w = 1)"),
          "generalist-t": Pair("generalist-t", ("linf", "l2"), "natural", "avg", "interpolation-path-t", "AVG",
-                              "linf + l2, half each (w = 0), to the natural learner (w = 1)")}
+                              "linf + l2, half each (w = 0), to the natural learner (w = 1)"),
+         "generalist-t-linf-l2": Pair("generalist-t", ("linf",), "l2", "avg", "interpolation-path-t-linf-l2", "AVG",
+                                      "the linf learner (w = 0) to the l2 learner (w = 1), the natural learner's "
+                                      "weight 0", through_global=False)}
 
 
 def interpolate(start: dict, end: dict, w: float) -> dict:
@@ -97,7 +104,7 @@ def path_point(states: dict[str, dict], order: list[str], pair: Pair, w: float) 
     """The path's point w: the learners' states mixed by the global learner's own rule, in the run's learner
     order (for two learners exactly `interpolate`)."""
     shares = pair.learner_weights(w)
-    return mixing.interpolate([states[name] for name in order], [shares[name] for name in order])
+    return mixing.interpolate([states[name] for name in order], [shares.get(name, 0.0) for name in order])
 
 
 def path_grid(final_weight: float) -> list[float]:
@@ -129,7 +136,7 @@ def reestimated(config, data, state: dict, pair: Pair, w: float, tick: int) -> t
     clean inputs), not the run's final weights."""
     weights = pair.learner_weights(w)
     return reestimate_global_bn(config, data, model_of(config, data, state), "cpu", tick,
-                                [weights[learner.name] for learner in config.learners])
+                                [weights.get(learner.name, 0.0) for learner in config.learners])
 
 
 def path_for_seed(runs: Path, seed: int, pair: Pair = PAIRS["generalist-d"]) -> dict:
@@ -143,26 +150,28 @@ def path_for_seed(runs: Path, seed: int, pair: Pair = PAIRS["generalist-d"]) -> 
     tick = clock_tick(config, steps - 1, data.stream.steps_per_epoch)
     final = dict(zip((l.name for l in config.learners), mixing_weights(tick, config)))
     stored_global = ckpt.load_payload(last, "global")["state"]
-    check = path_point(ema, order, pair, final[pair.end])
-    drift = max((check[k] - stored_global[k]).abs().max().item() for k in check if check[k].is_floating_point())
-    print(f"seed {seed}: final weights {final}; |path(w={final[pair.end]}) - stored global| = {drift:.2e}",
-          flush=True)
+    # The global learner's own point, where the path passes through it: how far the path is from the global.
+    on_path = final[pair.end] if pair.through_global else None
+    if on_path is not None:
+        check = path_point(ema, order, pair, on_path)
+        drift = max((check[k] - stored_global[k]).abs().max().item() for k in check if check[k].is_floating_point())
+        print(f"seed {seed}: final weights {final}; |path(w={on_path}) - stored global| = {drift:.2e}", flush=True)
     shipped = ckpt.load_state_dict_file(run / "final" / "global.pt")
     eval_seed = derive_seed(seed, "interpolation-path")
     rows = []
-    for w in path_grid(final[pair.end]):
+    for w in (path_grid(on_path) if on_path is not None else WEIGHTS):
         t0 = time.time()
         state = path_point(ema, order, pair, w)
         est_model = reestimated(config, data, state, pair, w, tick)
         row = {pair.weight_key: w, "stored": score(config, data, model_of(config, data, state), eval_seed),
                "reestimated": score(config, data, est_model, eval_seed)}
-        if w == final[pair.end]:  # the shipped global, recomputed here: the same rule gives the same statistics
+        if w == on_path:  # the shipped global, recomputed here: the same rule gives the same statistics
             est_state = est_model.state_dict()
             row["shipped_max_abs_diff"] = max((est_state[k].double() - shipped[k].double()).abs().max().item()
                                               for k in shipped)
         rows.append(row)
         print(f"  w={w:.2f} stored {row['stored']} re-estimated {row['reestimated']} ({time.time() - t0:.0f} s)"
-              + (f"; max |this - final/global.pt| {row['shipped_max_abs_diff']:.1e}" if w == final[pair.end] else ""),
+              + (f"; max |this - final/global.pt| {row['shipped_max_abs_diff']:.1e}" if w == on_path else ""),
               flush=True)
     global_scores = {"stored": score(config, data, model_of(config, data, stored_global), eval_seed),
                      "shipped": score(config, data, model_of(config, data, shipped), eval_seed)}
@@ -176,9 +185,10 @@ def path_for_seed(runs: Path, seed: int, pair: Pair = PAIRS["generalist-d"]) -> 
                              eval_seed) for kind, state in baseline_states.items()}
     print(f"  {pair.baseline} seed {seed}: {reference}", flush=True)
     # (The generalist-d results name the baseline `pgd_at`, as the published interpolation-path.json has it.)
-    return {"seed": seed, "final_weights": final, "stored_global_drift": drift, "path": rows,
-            "global": global_scores, "pgd_at" if pair.baseline == "pgd-at" else "baseline": reference,
+    return {"seed": seed, "final_weights": final, **({"stored_global_drift": drift} if on_path is not None else {}),
+            "path": rows, "global": global_scores, "pgd_at" if pair.baseline == "pgd-at" else "baseline": reference,
             "points": config.eval.n_examples, "pgd_steps": config.eval.pgd_steps}
+
 
 
 def write_table(results: list[dict], command: str) -> str:
@@ -300,8 +310,9 @@ def write_table_mn(results: list[dict], command: str, pair: Pair = PAIRS["genera
         "and their union (right clean and under both attacks), in %, mean ± std over seeds "
         f"{', '.join(str(r['seed']) for r in results)}.",
         "`stored`: running statistics interpolated like the weights; `re-estimated`: the run's rule",
-        f"(generalist/bn_stats.py) with the shares set by w. The global learner sits near the path's w = {final_w}"
-        f" point (its final {pair.end} weight);",
+        f"(generalist/bn_stats.py) with the shares set by w. "
+        + (f"The global learner sits near the path's w = {final_w} point (its final {pair.end} weight);"
+           if pair.through_global else "The global learner is not on this path (it gives every learner weight);"),
         f"its own rows are at the bottom. The line to reach: `{pair.recipe}` union >= {label}'s (the last column"
         f" checks each seed against its own {label}).",
         "",
@@ -326,17 +337,17 @@ def write_table_mn(results: list[dict], command: str, pair: Pair = PAIRS["genera
     for who, key in ((f"{pair.recipe} final global", "global"), (f"{label} final global", "baseline")):
         lines += [f"| {who}, shipped (re-estimated) | {blank} | {cells([r[key]['shipped'] for r in results])} | |",
                   f"| {who}, stored statistics | {cells([r[key]['stored'] for r in results])} | {blank} | |"]
-    lines += [
-        "",
-        f"How far the path's w = {final_w} point is from the global learner: the largest |path(w) - stored global|"
-        f" over all entries is {max(r['stored_global_drift'] for r in results):.1e}; the largest"
-        " |path(w) re-estimated - final/global.pt| (statistics included) is "
-        + (f"{max(shipped):.1e}." if (shipped := [p["shipped_max_abs_diff"] for r in results for p in r["path"]
-                                                  if "shipped_max_abs_diff" in p])
-           else "not measured (the final weight is not a point of the path's grid)."),
-        "",
-        f"![PGD Linf against PGD L2, and the union, along the path]({pair.name}.png)",
-    ]
+    if pair.through_global:
+        lines += [
+            "",
+            f"How far the path's w = {final_w} point is from the global learner: the largest |path(w) - stored global|"
+            f" over all entries is {max(r['stored_global_drift'] for r in results):.1e}; the largest"
+            " |path(w) re-estimated - final/global.pt| (statistics included) is "
+            + (f"{max(shipped):.1e}." if (shipped := [p["shipped_max_abs_diff"] for r in results for p in r["path"]
+                                                      if "shipped_max_abs_diff" in p])
+               else "not measured (the final weight is not a point of the path's grid)."),
+        ]
+    lines += ["", f"![PGD Linf against PGD L2, and the union, along the path]({pair.name}.png)"]
     return "\n".join(lines) + "\n"
 
 
@@ -360,7 +371,7 @@ def plot_mn(results: list[dict], path: Path, pair: Pair = PAIRS["generalist-mn"]
                        color=colour, label=label)
             if kind == "reestimated":
                 for w, x, y in zip(weights, xs, ys):
-                    if w in (0.0, r["final_weights"][pair.end], 1.0):
+                    if w in (0.0, 1.0) or (pair.through_global and w == r["final_weights"][pair.end]):
                         left.annotate(f"w={weight_label(w)}", (x, y), fontsize=7, xytext=(3, 3),
                                       textcoords="offset points")
         ref = r["baseline"]["shipped"]
@@ -408,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
             out_json.write_text(json.dumps(sorted(done.values(), key=lambda r: r["seed"]), indent=1))
         results.append(done[seed])
     command = ("nice -n 19 python benchmarks/accuracy/interpolation_path.py"
-               + ("" if pair.recipe == "generalist-d" else f" --recipe {pair.recipe}")
+               + ("" if args.recipe == "generalist-d" else f" --recipe {args.recipe}")
                + " --seeds " + " ".join(map(str, args.seeds)))
     if pair.recipe == "generalist-d":
         (args.out / f"{pair.name}.md").write_text(write_table(results, command))

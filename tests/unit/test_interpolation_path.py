@@ -157,3 +157,26 @@ def test_a_seed_without_its_run_folders_is_one_error_and_a_finished_seed_needs_n
     seeds = [str(r["seed"]) for r in json.loads(published.read_text())]
     assert path.main(["--seeds", *seeds, "--runs", str(tmp_path / "runs"), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "interpolation-path.md").read_text() == published.with_suffix(".md").read_text()
+
+
+def test_a_path_off_the_global_gives_the_other_learners_no_weight_and_claims_no_global_point():
+    path = load_interpolation_path()
+    pair = path.PAIRS["generalist-t-linf-l2"]
+    assert (pair.recipe, pair.start, pair.end, pair.baseline, pair.through_global) == \
+        ("generalist-t", ("linf",), "l2", "avg", False)
+    states = {name: {"w": torch.full((2,), value)} for name, value in (("linf", 1.0), ("natural", 4.0), ("l2", 7.0))}
+    order = ["linf", "natural", "l2"]
+    assert torch.allclose(path.path_point(states, order, pair, 0.5)["w"], torch.full((2,), 4.0))  # (1 + 7) / 2
+    assert torch.equal(path.path_point(states, order, pair, 0.0)["w"], states["linf"]["w"])
+
+    def acc(union):
+        return {"clean_acc": 46.0, "pgd_acc_Linf": 24.0, "pgd_acc_L2": 35.0, "pgd_acc_union": union}
+
+    result = {"seed": 0, "path": [{"l2_weight": w, "stored": acc(20), "reestimated": acc(26 if w == 0.2 else 20)}
+                                  for w in path.WEIGHTS],
+              "baseline": {"shipped": acc(25), "stored": acc(25)}, "global": {"shipped": acc(22), "stored": acc(22)},
+              "final_weights": {"linf": 1 / 3, "natural": 1 / 3, "l2": 1 / 3}, "points": 10, "pgd_steps": 10}
+    table = path.write_table_mn([result], "cmd", pair)
+    assert "not on this path" in table and "sits near" not in table and "How far" not in table
+    rows = [line.split("|") for line in table.splitlines() if line.startswith(("| 0.", "| 1."))]
+    assert len(rows) == 11 and [cells[1].strip() for cells in rows if cells[10].strip() == "yes"] == ["0.2"]
