@@ -130,10 +130,12 @@ class Learner:
                 loss_sum += loss.detach()
                 correct += (logits.detach().argmax(1) == y).sum()
                 images += len(y)
-        return LaunchedRound(self, epoch, first_step, n, tick, lr, start, loss_sum, correct, images)
+        return LaunchedRound(self, epoch, first_step, n, tick, lr, time.perf_counter() - start, loss_sum, correct,
+                             images)
 
     def _finish(self, launched: LaunchedRound) -> RoundStats:
         """The round's one host sync: wait for its steps, check that they stayed finite, report."""
+        start = time.perf_counter()
         with self.own_stream():
             # The loss of a step is computed before its update, so a finite loss can leave non-finite weights or
             # BN statistics behind; check the state too, in the same host sync, before it can be checkpointed.
@@ -154,8 +156,11 @@ class Learner:
                 f"learner {self.name!r}: {what} at epoch {epoch}, steps "
                 f"{first_step}..{first_step + n - 1}; lower learners.{self.name}.lr (now {self.spec.lr}). "
                 "The last good checkpoint was kept.")
+        # The round's seconds are its own launch and its own wait, not the other learners' launches in between
+        # (on a CPU, where launching is training, they are this learner's steps alone, as before run_round).
+        seconds = launched.launch_seconds + time.perf_counter() - start
         return RoundStats(self.name, epoch, self.steps_done, mean_loss, correct / launched.images, launched.lr,
-                          time.perf_counter() - launched.start, launched.images, launched.tick)
+                          seconds, launched.images, launched.tick)
 
     @contextlib.contextmanager
     def own_stream(self):
@@ -247,7 +252,7 @@ class LaunchedRound:
     n: int
     tick: int
     lr: float
-    start: float
+    launch_seconds: float
     loss_sum: torch.Tensor
     correct: torch.Tensor
     images: int

@@ -69,3 +69,29 @@ def test_on_a_cpu_a_round_side_by_side_gives_the_learners_numbers_one_after_anot
     for a, b in zip(alone, together):
         assert all(torch.equal(a.ema[k], b.ema[k]) for k in a.ema)
         assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+
+
+def test_a_learners_round_seconds_are_its_own_not_the_other_learners_launched_in_between(generalist_t, monkeypatch):
+    """The metrics' `seconds` (and the img/s of the progress line) stay each learner's own: on a CPU, where launching
+    is training, a round side by side must not count the learners launched after it. A fake clock moves only while
+    the second learner trains."""
+    import generalist.learner as learner_module
+
+    class Clock:
+        now = 0.0
+
+        def perf_counter(self):
+            return self.now
+
+    clock = Clock()
+    monkeypatch.setattr(learner_module, "time", clock)
+    learners = cpu_learners(*generalist_t)
+    slow_step = learners[1].train_step
+
+    def ten_seconds_a_step(x, y):
+        clock.now += 10.0
+        return slow_step(x, y)
+
+    learners[1].train_step = ten_seconds_a_step
+    stats = run_round(learners, 1, 0, 2)
+    assert [s.seconds for s in stats] == [0.0, 20.0, 0.0]
