@@ -264,8 +264,8 @@ class LaunchedRound:
 def run_round(learners: list[Learner], epoch: int, first_step: int, n: int) -> list[RoundStats]:
     """One round of every learner of this process, side by side: all rounds are queued before any is waited for.
 
-    On a GPU each learner queues on its own stream (runtime.learner_streams), so the kernels of learners that share
-    the device overlap where one learner's leave it idle (at batch 128 on 32x32 images most do); with CUDA graphs
+    On a GPU with runtime.learner_streams each learner queues on its own stream, so the kernels of learners that
+    share the device overlap where one learner's leave it idle (at batch 128 on 32x32 images most do); with CUDA graphs
     (runtime.cuda_graph) a step is one launch, and the host queues every learner's round before the first ends. On
     a CPU the rounds run one after another at launch, as before. Either way each learner's numbers are its own:
     learners share only the read-only training stream, whose epoch order is on the device before the first of
