@@ -71,7 +71,7 @@ def time_recipe(recipe: str, device_name: str, steps: int, warmup: int, threads:
         for _ in range(warmup):
             step()
         step_seconds[learner.name] = median_seconds(step, steps)
-    round_seconds = None
+    round_seconds = sync_seconds = None
     if len(learners) > 1:
         position = itertools.count()
 
@@ -81,8 +81,6 @@ def time_recipe(recipe: str, device_name: str, steps: int, warmup: int, threads:
         for _ in range(warmup):
             round_of_all()
         round_seconds = median_seconds(round_of_all, steps)
-    sync_seconds = None
-    if len(learners) > 1:
         global_learner = GlobalLearner(config, data.initial_state, device,
                                       steps_per_epoch=data.stream.steps_per_epoch)
         last_epoch = config.schedule.clock_length  # the last clock epoch mixes: every learner carries weight
@@ -98,7 +96,7 @@ def time_recipe(recipe: str, device_name: str, steps: int, warmup: int, threads:
     return {"recipe": recipe, "precision": precision, "model": config.model.name, "batch": config.data.batch_size,
             "steps_per_epoch": spe, "step_paths": {learner.name: step_path(learner) for learner in learners},
             "step_seconds": step_seconds, "round_seconds": round_seconds, "sync_seconds": sync_seconds,
-            "device": str(device), "learner_streams": config.runtime.learner_streams and device.type == "cuda"}
+            "device": str(device), "learner_streams": any(learner.cuda_stream is not None for learner in learners)}
 
 
 def step_path(learner: Learner) -> str:

@@ -112,7 +112,7 @@ class Learner:
         lr = self.spec.lr * lr_factor(tick, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with self.own_stream():
+        with self._own_stream():
             loss_sum = torch.zeros((), device=self.device)
             correct = torch.zeros((), device=self.device, dtype=torch.long)
             images = 0
@@ -136,7 +136,7 @@ class Learner:
     def _finish(self, launched: LaunchedRound) -> RoundStats:
         """The round's one host sync: wait for its steps, check that they stayed finite, report."""
         start = time.perf_counter()
-        with self.own_stream():
+        with self._own_stream():
             # The loss of a step is computed before its update, so a finite loss can leave non-finite weights or
             # BN statistics behind; check the state too, in the same host sync, before it can be checkpointed.
             # The packed EMA holds (1 - d) * every live float of the last step, 1 - d > 0: it is finite exactly
@@ -163,7 +163,7 @@ class Learner:
                           seconds, launched.images, launched.tick)
 
     @contextlib.contextmanager
-    def own_stream(self):
+    def _own_stream(self):
         """The learner's CUDA stream made current, after the work already queued on the current stream (a
         redistribution, a resume, the sync's reads); a no-op without one."""
         if self.cuda_stream is None:

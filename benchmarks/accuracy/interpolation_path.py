@@ -94,15 +94,9 @@ PAIRS = {"generalist-d": Pair("generalist-d", ("linf",), "natural", "pgd-at", "i
                                       "weight 0", through_global=False)}
 
 
-def interpolate(start: dict, end: dict, w: float) -> dict:
-    """The path's point w between two learners: (1 - w) start + w end, by the global learner's own rule
-    (mixing.interpolate)."""
-    return mixing.interpolate([start, end], [1 - w, w])
-
-
 def path_point(states: dict[str, dict], order: list[str], pair: Pair, w: float) -> dict:
-    """The path's point w: the learners' states mixed by the global learner's own rule, in the run's learner
-    order (for two learners exactly `interpolate`)."""
+    """The path's point w: the learners' states mixed by the global learner's own rule (mixing.interpolate), in
+    the run's learner order; for two learners (1 - w) start + w end."""
     shares = pair.learner_weights(w)
     return mixing.interpolate([states[name] for name in order], [shares.get(name, 0.0) for name in order])
 
@@ -188,7 +182,6 @@ def path_for_seed(runs: Path, seed: int, pair: Pair = PAIRS["generalist-d"]) -> 
     return {"seed": seed, "final_weights": final, **({"stored_global_drift": drift} if on_path is not None else {}),
             "path": rows, "global": global_scores, "pgd_at" if pair.baseline == "pgd-at" else "baseline": reference,
             "points": config.eval.n_examples, "pgd_steps": config.eval.pgd_steps}
-
 
 
 def write_table(results: list[dict], command: str) -> str:

@@ -20,10 +20,14 @@ def test_the_path_starts_at_the_linf_learner_ends_at_the_natural_one_and_keeps_i
     path = load_interpolation_path()
     a = {"w": torch.randn(5), "bn.num_batches_tracked": torch.tensor(7)}
     b = {"w": torch.randn(5), "bn.num_batches_tracked": torch.tensor(9)}
-    assert torch.equal(path.interpolate(a, b, 0.0)["w"], a["w"])
-    assert torch.equal(path.interpolate(a, b, 1.0)["w"], b["w"])
-    assert torch.allclose(path.interpolate(a, b, 0.25)["w"], 0.75 * a["w"] + 0.25 * b["w"])
-    assert path.interpolate(a, b, 0.5)["bn.num_batches_tracked"].item() == 7
+
+    def interpolate(a, b, w):  # generalist-d's path: linf (w = 0) to natural (w = 1)
+        return path.path_point({"linf": a, "natural": b}, ["linf", "natural"], path.PAIRS["generalist-d"], w)
+
+    assert torch.equal(interpolate(a, b, 0.0)["w"], a["w"])
+    assert torch.equal(interpolate(a, b, 1.0)["w"], b["w"])
+    assert torch.allclose(interpolate(a, b, 0.25)["w"], 0.75 * a["w"] + 0.25 * b["w"])
+    assert interpolate(a, b, 0.5)["bn.num_batches_tracked"].item() == 7
 
 
 def fake_seed(seed: int, reference: tuple[float, float], points: dict[float, tuple[float, float]]) -> dict:
@@ -101,11 +105,13 @@ def test_generalist_t_s_path_runs_from_its_adversarial_learners_half_each_to_its
     assert torch.equal(path.path_point(states, order, pair, 1.0)["w"], torch.full((3,), 4.0 * 1.0))
     assert torch.allclose(path.path_point(states, order, pair, 0.5)["w"], torch.full((3,), 0.25 + 2.0 + 1.75))
     assert pair.learner_weights(0.2) == {"linf": 0.4, "l2": 0.4, "natural": 0.2}
-    # Two learners: the point is `interpolate`'s, bit for bit (the published generalist-d path stays as it was).
+    # Two learners: the point is the two-learner rule's, bit for bit (the published generalist-d path stays as it was).
+    from generalist import mixing
+
     d = path.PAIRS["generalist-d"]
     two = {"linf": states["linf"], "natural": {"w": torch.randn(3), "bn.num_batches_tracked": torch.tensor(2)}}
     assert torch.equal(path.path_point(two, ["linf", "natural"], d, 0.3)["w"],
-                       path.interpolate(two["linf"], two["natural"], 0.3)["w"])
+                       mixing.interpolate([two["linf"], two["natural"]], [1 - 0.3, 0.3])["w"])
     # The global's own final weight joins the grid when it is off it (generalist-t's 1/3), and only then.
     assert path.path_grid(0.6) == path.WEIGHTS
     grid = path.path_grid(1 / 3)
