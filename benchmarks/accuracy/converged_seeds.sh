@@ -23,6 +23,13 @@ read -r -a threats <<< "${THREATS:-Linf}"
 read -r -a table_recipes <<< "${TABLE_RECIPES:-${recipes[*]}}"
 study=${STUDY:-study}
 export PYTHONPATH=$PWD RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+# `nice` orders processes within one session only where the kernel groups the CPU by session (autogroup, the
+# default of many kernels: /proc/sys/kernel/sched_autogroup_enabled): a study started with `setsid` then takes
+# half the cores from a test run in another session, nice or not (a clean clone's `.ci/run` took about
+# 19 min beside it, 12 to 14 without). So, in a session of its own, the study lowers its session's group as well.
+if [ "$(ps -o sid= -p $$ | tr -d ' ')" = "$$" ] && [ -w /proc/self/autogroup ]; then
+    echo 19 > /proc/self/autogroup
+fi
 # On a fresh checkout, the runs an earlier machine left unfinished continue where they stopped; before that
 # machine is given back: `python benchmarks/accuracy/unfinished.py stop` (stops the study, then saves), and commit the
 # archives.
