@@ -19,6 +19,9 @@ the repository root with PYTHONPATH=. and the data in $GENERALIST_DATA; no matpl
 
     PYTHONPATH=. GENERALIST_DATA=.gpudata python benchmarks/gpu_check.py                 # a GPU machine, ~9 min
     PYTHONPATH=. python benchmarks/gpu_check.py --device cpu --smoke --out /tmp/check    # CPU, tiny sizes, ~3 min
+
+Before a GPU session, `pytest -m slow tests/ray/test_gpu_check_smoke.py` runs that smoke whole and checks its
+results file; `make test` runs it without parts c and d, which start Ray worker groups (110 s of its 10 minutes).
 """
 
 from __future__ import annotations
