@@ -146,7 +146,9 @@ def collective_worker(spec: dict) -> None:
                                              str(device)))
     sync = CollectiveSync(config, rank, global_learner, group=new_mixing_group(joined["mixing_backend"], device, 600),
                           timeout_s=600, plan=joined["plan"], arrivals=ThrottledArrivals(coordinator, rank),
-                          missing=lambda step: ray.get(coordinator.missing.remote(step)))
+                          missing=lambda step: ray.get(coordinator.missing.remote(step)),
+                          shared_memory=joined["shared_memory"] and spec["shared_memory"])
+    transport = "shared memory" if sync.shared is not None else joined["mixing_backend"]
     rows = []
     for kind, epoch in epochs_of(config).items():
         # The same steps without syncs, every learner at once (the same load): what the group would train at
@@ -165,7 +167,8 @@ def collective_worker(spec: dict) -> None:
                 torch.cuda.current_stream(device).synchronize()
             stall = time.perf_counter() - start
             if r >= WARMUP:
-                rows.append({"rank": rank, "kind": kind, "round": r, "stall_s": stall, "step_s": step_s})
+                rows.append({"rank": rank, "kind": kind, "round": r, "stall_s": stall, "step_s": step_s,
+                             "transport": transport})
         for r in range(WARMUP + spec["rounds"]):  # blocking rounds: the cost the background work hides
             start = time.perf_counter()
             sync.exchange(epoch, 1, {rank: stepper.learner.ema_buffer})
@@ -178,7 +181,8 @@ def collective_worker(spec: dict) -> None:
     ray.get(coordinator.report_rows.remote("bench", rows))
 
 
-def measure_collective(config: GeneralistConfig, device: str, rounds: int, step_work: int | None) -> list[dict]:
+def measure_collective(config: GeneralistConfig, device: str, rounds: int, step_work: int | None,
+                       shared_memory: bool = True) -> list[dict]:
     k = len(config.learners)
     name = f"bench-coordinator-{time.time_ns()}"
     coordinator = Coordinator.options(name=name).remote(config)
@@ -187,7 +191,7 @@ def measure_collective(config: GeneralistConfig, device: str, rounds: int, step_
     with tempfile.TemporaryDirectory() as storage:
         TorchTrainer(collective_worker,
                      train_loop_config={"config": config.to_dict(), "coordinator": name, "device": device,
-                                        "rounds": rounds, "step_work": step_work},
+                                        "rounds": rounds, "step_work": step_work, "shared_memory": shared_memory},
                      torch_config=TorchConfig(backend="gloo"),
                      scaling_config=ScalingConfig(num_workers=k, use_gpu=device == "cuda",
                                                   resources_per_worker=resources),
@@ -313,6 +317,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128, help="batch of a real step")
     parser.add_argument("--paths", nargs="+", default=["object store", "collective"],
                         choices=["object store", "collective"])
+    parser.add_argument("--no-shared-memory", action="store_true",
+                        help="the collective path all-gathers through gloo even where the learners share a node's "
+                             "CPUs (the path before shared_memory_gather)")
     args = parser.parse_args()
     step_kind = args.step or ("real" if args.device == "cuda" else "busy")
     step_work = None if step_kind == "real" else busy_iterations(args.step_ms)
@@ -333,10 +340,13 @@ def main() -> None:
             size = sum(t.numel() * t.element_size()
                        for t in build_model(model_name, **MODEL_KWARGS).state_dict().values()) / 2**20
             for path in args.paths:
-                measure = measure_object_store if path == "object store" else measure_collective
-                rows = measure(config, args.device, args.rounds, step_work)
-                nccl = args.device == "cuda" and config.runtime.gpus_per_learner >= 1
-                label = path if path == "object store" else f"collective ({'nccl' if nccl else 'gloo'})"
+                if path == "object store":
+                    rows = measure_object_store(config, args.device, args.rounds, step_work)
+                    label = path
+                else:
+                    rows = measure_collective(config, args.device, args.rounds, step_work,
+                                              shared_memory=not args.no_shared_memory)
+                    label = f"collective ({next(r['transport'] for r in rows if 'transport' in r)})"
                 print(table_row(label, model_name, k, rows, size), flush=True)
     ray.shutdown()
 

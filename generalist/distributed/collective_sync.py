@@ -3,8 +3,9 @@
 Every worker process holds its group of base learners (one, or the learners that share its GPU:
 placement.resolve_grouping) and a replica of the global learner. At a sync each worker hands its learners'
 packed EMA buffers (generalist.packed_state) to one collective of the mixing group (NCCL between GPUs, gloo
-otherwise): an all-gather while several workers' learners carry weight, a broadcast from the anchor's worker
-while it alone does (before mix_start). A group of one worker (every learner in one process) moves nothing:
+otherwise, and for workers on the CPUs of one node a gather through shared memory: shared_memory_gather): an
+all-gather while several workers' learners carry weight, a broadcast from the anchor's worker while it alone
+does (before mix_start). A group of one worker (every learner in one process) moves nothing:
 the fold is device-local. Every replica then folds the same bytes into its global learner with the same
 `GlobalLearner` arithmetic as the in-process backend, in learner order, so the replicas and the in-process
 backend agree bit for bit and redistribution is a device-local copy.
@@ -43,6 +44,7 @@ import torch.distributed as dist
 
 from generalist.config import RunConfig
 from generalist.distributed.mixing_group import abort_group
+from generalist.distributed.shared_memory_gather import open_shared_gather
 from generalist.errors import BackendError
 from generalist.mixing import GlobalLearner, mixing_plan
 from generalist.packed_state import StateDict
@@ -77,7 +79,7 @@ class CollectiveSync:
                  arrivals: Arrivals | None = None,
                  missing: Callable[[int], list[int]] | None = None,
                  progress: Callable[[], object] | None = None, poll_s: float = 2.0, start_step: int = 0,
-                 plan: dict[int, tuple[list[float], bool]] | None = None):
+                 plan: dict[int, tuple[list[float], bool]] | None = None, shared_memory: bool = False):
         self.config = config
         self.rank = rank
         self.groups = groups if groups is not None else [[k] for k in range(len(config.learners))]
@@ -111,7 +113,11 @@ class CollectiveSync:
         # One slot per learner of the largest worker group: a collective takes equal sizes from every member.
         self.slots = max(len(g) for g in self.groups)
         shape = (self.slots, self.layout.nbytes)
-        self.gathered = torch.empty(self.world, *shape, dtype=torch.uint8, device=wire) if self.world > 1 else None
+        # Workers on the CPUs of one node (shared_memory, decided at join) gather through /dev/shm, not gloo's TCP.
+        self.shared = open_shared_gather(group, rank, self.world, shape) \
+            if shared_memory and self.world > 1 and device.type == "cpu" else None
+        self.gathered = torch.empty(self.world, *shape, dtype=torch.uint8, device=wire) \
+            if self.world > 1 and self.shared is None else None
         # Only a worker of one learner on a device the collective reads sends its EMA buffer as it is.
         self.send = torch.empty(shape, dtype=torch.uint8, device=wire) if self.staged or self.slots > 1 else None
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
@@ -262,8 +268,12 @@ class CollectiveSync:
             send = self.send
             for slot, k in enumerate(self.local):
                 send[slot].copy_(local[k])
-        dist.all_gather_into_tensor(self.gathered.view(-1), send.view(-1), group=self.group)
-        emas = [self.gathered[self.where[k]] if w != 0 else None for k, w in enumerate(weights)]
+        if self.shared is not None:
+            gathered = self.shared.gather(send)
+        else:
+            dist.all_gather_into_tensor(self.gathered.view(-1), send.view(-1), group=self.group)
+            gathered = self.gathered
+        emas = [gathered[self.where[k]] if w != 0 else None for k, w in enumerate(weights)]
         if self.staged:
             emas = [None if e is None else e.to(self.device, non_blocking=True) for e in emas]
         return emas

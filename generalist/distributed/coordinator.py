@@ -25,7 +25,7 @@ import time
 import ray
 
 from generalist.config import RunConfig
-from generalist.distributed.mixing_group import LearnerDevice, choose_backend
+from generalist.distributed.mixing_group import LearnerDevice, choose_backend, on_one_node_cpus
 from generalist.distributed.placement import config_groups
 from generalist.errors import ConfigError
 from generalist.mixing import mixing_plan
@@ -60,7 +60,8 @@ class Coordinator:
     async def join(self, rank: int, pid: int, gpu_ids: list, start_step: int, node: str = "",
                    device: str = "cpu") -> dict:
         """Barrier at (re)start of the learner group; returns the mixing plan every learner follows and the
-        mixing group's backend, decided once from every learner's device (mixing_group.choose_backend).
+        mixing group's backend, decided once from every learner's device (mixing_group.choose_backend), and
+        whether it gathers through shared memory (mixing_group.on_one_node_cpus).
 
         Every (re)start resets the arrivals, so a learner that died mid-round leaves nothing behind."""
         if self.join_done is None or self.join_done.done():
@@ -73,7 +74,8 @@ class Coordinator:
         if len(self.joined) == self.num_workers:
             steps = set(self.joined.values())
             try:
-                backend = choose_backend([self.learner_devices[k] for k in sorted(self.joined)])
+                devices = [self.learner_devices[k] for k in sorted(self.joined)]
+                backend, shared_memory = choose_backend(devices), on_one_node_cpus(devices)
             except ConfigError as error:  # a restart would meet the same devices: the run's error
                 self.fail(rank, type(error).__name__, str(error))
                 self.join_done.set_exception(error)
@@ -89,7 +91,7 @@ class Coordinator:
                 self.arrived = {k: step for k in range(self.num_workers)}
                 self.rows.append(("restart", {"global_step": step}))
                 self.join_done.set_result({"start_step": step, "plan": self.plan, "incarnation": self.incarnation,
-                                           "mixing_backend": backend})
+                                           "mixing_backend": backend, "shared_memory": shared_memory})
         return await self.join_done
 
     # --- arrivals: who reached which sync ----------------------------------------------------------

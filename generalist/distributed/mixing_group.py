@@ -16,6 +16,9 @@ Three rules, each against a way the mixing could hang or die before our own erro
   NCCL groups are made with `device_id` (eager initialisation: a bad device fails at start, not mid-run)
   and with the flight recorder on (TORCH_FR_BUFFER_SIZE), whose records `torch.distributed` can dump.
 
+Learners on the CPUs of one node (`on_one_node_cpus`) gather through /dev/shm instead of loopback TCP
+(shared_memory_gather); the gloo group carries its barrier.
+
 Only torch.distributed here, no Ray: tested with plain processes and mocks.
 """
 
@@ -54,6 +57,12 @@ def choose_backend(devices: list[LearnerDevice]) -> str:
                            "or set runtime.device=cpu for all")
     placed = [(d.node, d.device) for d in devices]
     return "nccl" if len(set(placed)) == len(placed) else "gloo"  # shared GPUs: NCCL refuses two ranks on one
+
+
+def on_one_node_cpus(devices: list[LearnerDevice]) -> bool:
+    """Whether the mixing can gather through shared memory (shared_memory_gather): every learner trains on a CPU
+    of the same node."""
+    return len({d.node for d in devices}) == 1 and all(d.device == "cpu" for d in devices)
 
 
 def group_timeout(sync_timeout_s: float) -> timedelta:

@@ -225,6 +225,7 @@ def learner_worker(spec: dict) -> None:
         timeout_s=config.runtime.sync_timeout_s,
         start_step=joined["start_step"],
         plan=joined["plan"],
+        shared_memory=joined["shared_memory"],
         arrivals=ThrottledArrivals(coordinator, rank),
         missing=lambda step: ray.get(coordinator.missing.remote(step), timeout=30),
         progress=lambda: ray.get(coordinator.progress.remote(), timeout=30))

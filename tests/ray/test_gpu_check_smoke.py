@@ -68,7 +68,7 @@ def test_gpu_check_smoke_on_cpu_writes_every_part_into_one_results_file(tmp_path
     for key in ("c", "d"):
         assert part_status(results, key) == "ok", f"part {key}:\n{done.stdout}\n{results}"
     sync = results.split("## c.")[1].split("## d.")[0]
-    for path in ("object store", "collective (gloo)"):  # the old path against the new, in one run
+    for path in ("object store", "collective (shared memory)"):  # the old path against the new, in one run
         assert re.search(rf"^\| {re.escape(path)} \| small-cnn \| 2 \| ", sync, re.M), sync
     side = results.split("## d.")[1]
     assert re.search(r"^\| generalist-d-small \| 2 \| one CPU core per learner \| [\d.]+ \| [\d.]+ \| [\d.]+ \|",

@@ -60,7 +60,8 @@ def _free_port() -> int:
 
 
 def _replica(rank: int, world: int, port: int, recipe: str, out: str, mode: str, beats, groups) -> None:
-    """One worker process, holding the learners groups[rank]. mode: "normal"; "hang" (rank 1 stops before round
+    """One worker process, holding the learners groups[rank]. mode: "normal"; "shared-memory" (the gather through
+    /dev/shm of workers on one node's CPUs); "hang" (rank 1 stops before round
     3); "main-collective" (the main thread runs a collective on the default group while each background round is
     in flight, under TORCH_DISTRIBUTED_DEBUG=DETAIL); "slow" (rank 1 trains round 3 for 2.5x the sync timeout,
     beating)."""
@@ -87,7 +88,8 @@ def _replica(rank: int, world: int, port: int, recipe: str, out: str, mode: str,
     sync = CollectiveSync(config, rank, global_learner, groups=groups,
                           group=new_mixing_group("gloo", torch.device("cpu"), timeout_s),
                           timeout_s=timeout_s, poll_s=0.25, missing=lambda step: [1],
-                          progress=lambda: beats.value)
+                          progress=lambda: beats.value, shared_memory=mode == "shared-memory")
+    assert (sync.shared is not None) == (mode == "shared-memory" and world > 1), "shared memory as asked"
     results, started = [], time.monotonic()
     try:
         for i, (epoch, n) in enumerate(ROUNDS):
@@ -110,6 +112,8 @@ def _replica(rank: int, world: int, port: int, recipe: str, out: str, mode: str,
             results.append(None if loaded is None else global_learner.buffer.clone())
         sync.settle()  # every replica current, as train_learners does before a checkpoint
         payload = sync.global_payload()
+        if sync.shared is not None:  # its gathers stand for the all-gathers
+            calls["all_gather"] = sync.shared.rounds
         torch.save({"buffer": global_learner.buffer.clone(), "loaded": results,
                     "ema_steps": payload["ema_steps"], **calls}, out.format(rank=rank))
     except BackendError as error:
@@ -133,9 +137,12 @@ def _run(groups: list[list[int]], recipe: str, tmp_path: Path, mode: str = "norm
                                                 ([[0], [1], [2]], "generalist-t", "normal"),
                                                 ([[0, 1], [2]], "generalist-t", "normal"),
                                                 ([[0, 1, 2]], "generalist-t", "normal"),
+                                                ([[0], [1], [2]], "generalist-t", "shared-memory"),
+                                                ([[0, 1], [2]], "generalist-t", "shared-memory"),
                                                 ([[0], [1]], "generalist-d", "main-collective"),
                                                 ([[0], [1]], "generalist-d", "slow")],
                          ids=["d", "t", "t-two-learners-share-a-worker", "t-one-worker-holds-all",
+                              "t-shared-memory", "t-two-learners-share-a-worker-shared-memory",
                               "main-thread-collective-during-a-round", "slow-learner-with-heartbeat"])
 def test_every_replica_holds_the_in_process_global_learner_bit_for_bit(tmp_path, groups, recipe, mode):
     """Also when the main thread uses the default group meanwhile (the mixing has a group of its own), and

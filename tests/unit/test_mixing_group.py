@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from generalist.distributed import mixing_group
 from generalist.distributed.mixing_group import (LearnerDevice, abort_group, choose_backend, group_timeout,
-                                                 new_mixing_group)
+                                                 new_mixing_group, on_one_node_cpus)
 from generalist.errors import ConfigError
 
 
@@ -40,6 +40,12 @@ def test_a_group_with_gpus_and_cpus_is_refused_naming_each_learners_device():
     message = str(error.value)
     assert "learner 0: cuda:0 on node-a" in message and "learner 1: cpu on node-b" in message
     assert "\n" not in message
+
+
+def test_only_learners_on_the_cpus_of_one_node_gather_through_shared_memory():
+    assert on_one_node_cpus(devices(("a", "cpu"), ("a", "cpu"), ("a", "cpu")))
+    assert not on_one_node_cpus(devices(("a", "cpu"), ("b", "cpu")))  # two nodes: /dev/shm is not shared
+    assert not on_one_node_cpus(devices(("a", "cuda:0"), ("a", "cuda:0")))  # on a GPU the states stay there
 
 
 def test_the_groups_own_timeout_is_always_past_ours():
