@@ -118,8 +118,10 @@ class CollectiveSync:
             if shared_memory and self.world > 1 and device.type == "cpu" else None
         self.gathered = torch.empty(self.world, *shape, dtype=torch.uint8, device=wire) \
             if self.world > 1 and self.shared is None else None
-        # Only a worker of one learner on a device the collective reads sends its EMA buffer as it is.
-        self.send = torch.empty(shape, dtype=torch.uint8, device=wire) if self.staged or self.slots > 1 else None
+        # Only a worker of one learner on a device the collective reads sends its EMA buffer as it is (and the
+        # shared-memory gather writes each EMA into its slot itself).
+        self.send = torch.empty(shape, dtype=torch.uint8, device=wire) \
+            if self.staged or (self.slots > 1 and self.shared is None) else None
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.in_flight: Future | None = None
         self.in_flight_step = 0
@@ -262,15 +264,15 @@ class CollectiveSync:
         a worker that holds every learner, else one all-gather of each worker's slots."""
         if self.world == 1:
             return [local[k] if w != 0 else None for k, w in enumerate(weights)]
-        if self.send is None:
-            (send,) = local.values()
+        if self.shared is not None:  # each local EMA copied once, into its slot in shared memory
+            gathered = self.shared.gather([local[k] for k in self.local])
         else:
-            send = self.send
-            for slot, k in enumerate(self.local):
-                send[slot].copy_(local[k])
-        if self.shared is not None:
-            gathered = self.shared.gather(send)
-        else:
+            if self.send is None:
+                (send,) = local.values()
+            else:
+                send = self.send
+                for slot, k in enumerate(self.local):
+                    send[slot].copy_(local[k])
             dist.all_gather_into_tensor(self.gathered.view(-1), send.view(-1), group=self.group)
             gathered = self.gathered
         emas = [gathered[self.where[k]] if w != 0 else None for k, w in enumerate(weights)]

@@ -30,8 +30,8 @@ HEADROOM_BYTES = 256 * 2**20  # left free in /dev/shm for everyone else (Ray's o
 
 
 class SharedMemoryGather:
-    """`gather(send)` for the member `rank` of `group`: every member's `send` (shape `part`), as one tensor of shape
-    (world, *part) that lies in shared memory. Made by `open_shared_gather`, collectively."""
+    """`gather(slots)` for the member `rank` of `group`: every member's slots (part = (slots, bytes)), as one
+    tensor of shape (world, *part) that lies in shared memory. Made by `open_shared_gather`, collectively."""
 
     def __init__(self, group: dist.ProcessGroup | None, rank: int, buffers: torch.Tensor):
         self.group = group
@@ -39,10 +39,12 @@ class SharedMemoryGather:
         self.buffers = buffers  # (2, world, *part)
         self.rounds = 0
 
-    def gather(self, send: torch.Tensor) -> torch.Tensor:
+    def gather(self, slots: list[torch.Tensor]) -> torch.Tensor:
+        """Each of this member's buffers is copied once, straight into its slot of the shared buffer."""
         gathered = self.buffers[self.rounds % 2]
         self.rounds += 1
-        gathered[self.rank].view(-1).copy_(send.view(-1))
+        for slot, buffer in enumerate(slots):
+            gathered[self.rank, slot].copy_(buffer.view(-1))
         dist.barrier(group=self.group)  # every part written (and the round before this buffer's last read)
         return gathered
 

@@ -34,11 +34,11 @@ def test_each_round_lands_in_shared_memory_in_alternate_buffers_and_no_file_is_l
     assert gather is not None
     assert our_files() == before, "the file must be unlinked once every member has mapped it"
     parts = [torch.arange(16, dtype=torch.uint8).view(2, 8) + r for r in range(3)]
-    first = gather.gather(parts[0])
+    first = gather.gather(list(parts[0]))
     assert first.shape == (1, 2, 8) and torch.equal(first[0], parts[0])
-    second = gather.gather(parts[1])
+    second = gather.gather(list(parts[1]))
     assert torch.equal(second[0], parts[1]) and torch.equal(first[0], parts[0])  # the other buffer
-    third = gather.gather(parts[2])
+    third = gather.gather(list(parts[2]))
     assert third.data_ptr() == first.data_ptr() != second.data_ptr()  # two buffers, alternating
     assert torch.equal(third[0], parts[2]) and torch.equal(second[0], parts[1])
 
