@@ -180,14 +180,17 @@ def train_then_evaluate(trainings: list, train: Callable[[Any], Path],
     phase waits for the whole train phase: with runs that end far apart, a core idled for the difference, 35
     minutes in the multi-norm chain of 2026-12-06). One pool of `workers` threads; each takes the most wanted
     ready work: the lowest group first (the seed's place: seed 1's evaluations before seed 2's trainings, so that
-    a seed's answer comes first and a worker that seed has nothing left for trains the next one), then in a group a
-    training before any evaluation, then evaluation chains by stage across runs (every final global learner before
-    any best one), each stage in the order its runs finished. A failure is recorded and returned, and the other
-    work goes on."""
-    stage_rank = {stage: rank for rank, stage in enumerate(evaluation_stages(checkpoints), start=1)}
+    a seed's answer comes first and a worker that seed has nothing left for trains the next one); in a group, the
+    evaluation of a trained run's final global learner (its answer) before any training, then the trainings, then
+    the other evaluation chains by stage across runs (every best one after every final one), each stage in the
+    order its runs finished. (Trainings went first once; a `-cpu` training takes a session of three hours, so the
+    answers of runs already trained waited a whole session behind it: generalist-mn and MAX seed 1 on 2026-12-07.)
+    A failure is recorded and returned, and the other work goes on."""
+    # In a group: the first stage (the final global learner) ranks 0, a training 1, every later stage after.
+    stage_rank = {stage: 0 if i == 0 else i + 1 for i, stage in enumerate(evaluation_stages(checkpoints))}
     order = itertools.count()
     # A heap of (group, rank, order, kind, work).
-    ready = [(group(job), 0, next(order), "train", job) for job in trainings]
+    ready = [(group(job), 1, next(order), "train", job) for job in trainings]
     heapq.heapify(ready)
     trainings_left = len(trainings)
     changed = threading.Condition()
