@@ -27,6 +27,9 @@ hides. `throughput vs no sync` is the slowest learner's time for the same number
 costs the whole group, the stall and the stolen CPU together (collective path only). On a GPU a learner waits
 for its own stream only (the stall includes what the sync put in its way, not the side stream's work). Medians
 and the 90th percentile over `--rounds` rounds after 2 warm-up rounds, slowest learner per round; one run.
+A learner's stall also holds its wait for a peer whose step ended later, which no sync can remove; `after the
+last arrival` is the part that is the sync's own: per round, from the end of the last learner's step to the
+moment the last learner resumed.
 
     python benchmarks/sync_overhead.py [--models small-cnn resnet18 wrn-34-10] [--learners 2 3] [--rounds 20]
                                        [--device cpu|cuda] [--step real | --step-ms 1000] [--paths ...]
@@ -168,7 +171,7 @@ def collective_worker(spec: dict) -> None:
             stall = time.perf_counter() - start
             if r >= WARMUP:
                 rows.append({"rank": rank, "kind": kind, "round": r, "stall_s": stall, "step_s": step_s,
-                             "transport": transport})
+                             "arrived": start, "transport": transport})
         for r in range(WARMUP + spec["rounds"]):  # blocking rounds: the cost the background work hides
             start = time.perf_counter()
             sync.exchange(epoch, 1, {rank: stepper.learner.ema_buffer})
@@ -250,7 +253,7 @@ class ObjectStoreLearner:
             self.stepper.learner.load_global_(self.layout.views(buffer))
         if self.stepper.device.type == "cuda":
             torch.cuda.current_stream(self.stepper.device).synchronize()
-        return {"stall_s": time.perf_counter() - start, "step_s": step_s}
+        return {"stall_s": time.perf_counter() - start, "step_s": step_s, "arrived": start}
 
 
 def measure_object_store(config: GeneralistConfig, device: str, rounds: int, step_work: int | None) -> list[dict]:
@@ -270,6 +273,19 @@ def measure_object_store(config: GeneralistConfig, device: str, rounds: int, ste
     return rows
 
 
+def after_last_arrival(rows: list[dict], kind: str) -> list[float]:
+    """Per round of `kind`, from the moment the last learner ended its step to the moment the last one resumed:
+    the sync's own stall, without the wait for a peer whose step ended later (perf_counter is the host's monotonic
+    clock, one clock for every process of this one-node benchmark)."""
+    arrived: dict[int, float] = {}
+    resumed: dict[int, float] = {}
+    for row in rows:
+        if row["kind"] == kind:
+            arrived[row["round"]] = max(arrived.get(row["round"], float("-inf")), row["arrived"])
+            resumed[row["round"]] = max(resumed.get(row["round"], float("-inf")), row["arrived"] + row["stall_s"])
+    return [resumed[r] - arrived[r] for r in sorted(arrived)]
+
+
 def table_row(path: str, model: str, k: int, rows: list[dict], size_mib: float) -> str:
     def slowest(kind: str) -> list[float]:
         per_round: dict[int, float] = {}
@@ -284,6 +300,7 @@ def table_row(path: str, model: str, k: int, rows: list[dict], size_mib: float) 
     for kind in ("plain", "redistributing"):
         median, p90 = summary(slowest(kind))
         cells.append(f"{median:.2f} ({p90:.2f})")
+    own = "{:.2f} ({:.2f})".format(*summary(after_last_arrival(rows, "redistributing")))
     plain_median = summary(slowest("plain"))[0]
     rounds = [f"{summary(slowest(kind + ' round'))[0]:.1f}" if slowest(kind + " round") else "= stall"
               for kind in ("plain", "redistributing")]
@@ -299,7 +316,7 @@ def table_row(path: str, model: str, k: int, rows: list[dict], size_mib: float) 
 
     alone = slowest_total("plain alone", False)
     throughput = f"{alone / slowest_total('plain', True):.3f}" if alone == alone else "-"
-    return (f"| {path} | {model} | {k} | {size_mib:.1f} | {step_ms:.0f} | {cells[0]} | {cells[1]} | "
+    return (f"| {path} | {model} | {k} | {size_mib:.1f} | {step_ms:.0f} | {cells[0]} | {cells[1]} | {own} | "
             f"{100 * plain_median / step_ms:.2f} | {rounds[0]} / {rounds[1]} | {throughput} |")
 
 
@@ -331,9 +348,9 @@ def main() -> None:
           f"torch {torch.__version__}; step: {'real training step, batch ' + str(args.batch_size) if step_work is None else f'{step_work} iterations of busy compute (fixed work, {args.step_ms:.0f} ms on an idle thread)'}; "
           f"{args.rounds} rounds after {WARMUP} warm-up, slowest learner per round; one run", flush=True)
     print("| path | model | K | state (MiB) | step (ms) | plain stall, median (p90) ms | "
-          "redistributing stall, median (p90) ms | plain stall / step (%) | blocking round ms, plain / redistr. | "
-          "throughput vs no sync |")
-    print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
+          "redistributing stall, median (p90) ms | redistributing, after the last arrival, median (p90) ms | "
+          "plain stall / step (%) | blocking round ms, plain / redistr. | throughput vs no sync |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for model_name in args.models:
         for k in args.learners:
             config = bench_config(model_name, k, args.device, args.batch_size)

@@ -1,0 +1,33 @@
+"""benchmarks/sync_overhead.py's column of the sync's own stall: the wait for a peer whose step ended later is
+not charged to the sync."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "sync_overhead.py"
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("sync_overhead", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_syncs_own_stall_runs_from_the_last_arrival_to_the_last_resume():
+    bench = load()
+    rows = [  # round 0: rank 1 ends its step 0.03 s after rank 0; both resume at 1.05
+        {"kind": "redistributing", "round": 0, "rank": 0, "arrived": 1.00, "stall_s": 0.05},
+        {"kind": "redistributing", "round": 0, "rank": 1, "arrived": 1.03, "stall_s": 0.02},
+        # round 1: rank 0 resumes last, 0.01 s after rank 1's
+        {"kind": "redistributing", "round": 1, "rank": 0, "arrived": 2.00, "stall_s": 0.04},
+        {"kind": "redistributing", "round": 1, "rank": 1, "arrived": 2.01, "stall_s": 0.02},
+        {"kind": "plain", "round": 0, "rank": 0, "arrived": 1.0, "stall_s": 9.0},  # another kind: left out
+    ]
+    assert bench.after_last_arrival(rows, "redistributing") == pytest.approx([0.02, 0.03])
+    # The slowest learner's stall, the other column, holds rank 0's wait for rank 1 in round 0.
+    assert max(r["stall_s"] for r in rows[:2]) == pytest.approx(0.05)
