@@ -163,6 +163,9 @@ def collective_worker(spec: dict) -> None:
         for r in range(WARMUP + spec["rounds"]):
             step_s = stepper.step(epoch)
             start = time.perf_counter()
+            behind = sync.in_flight is not None and not sync.in_flight.done()  # the round before still running
+            sync.wait()  # what exchange() does first; timed apart, so that the stall can be split
+            waited = time.perf_counter() - start
             loaded = sync.exchange(epoch, 1, {rank: stepper.learner.ema_buffer})
             if loaded is not None:
                 stepper.learner.load_global_(loaded)
@@ -171,7 +174,8 @@ def collective_worker(spec: dict) -> None:
             stall = time.perf_counter() - start
             if r >= WARMUP:
                 rows.append({"rank": rank, "kind": kind, "round": r, "stall_s": stall, "step_s": step_s,
-                             "arrived": start, "transport": transport})
+                             "arrived": start, "behind": behind, "waited_s": waited,
+                             "transport": transport})
         for r in range(WARMUP + spec["rounds"]):  # blocking rounds: the cost the background work hides
             start = time.perf_counter()
             sync.exchange(epoch, 1, {rank: stepper.learner.ema_buffer})
@@ -286,6 +290,22 @@ def after_last_arrival(rows: list[dict], kind: str) -> list[float]:
     return [resumed[r] - arrived[r] for r in sorted(arrived)]
 
 
+def stall_parts(label: str, rows: list[dict]) -> str:
+    """Where a learner's stall goes (collective path): waiting for the round before it (the previous sync's
+    background work), and the rest (this sync's own work, and at a redistributing sync its round and the load)."""
+    if not any("waited_s" in row for row in rows):
+        return f"# {label}: no split (object-store path)"
+    cells = []
+    for kind in ("plain", "redistributing"):
+        mine = [row for row in rows if row["kind"] == kind]
+        waited = statistics.median(1000 * row["waited_s"] for row in mine)
+        rest = statistics.median(1000 * (row["stall_s"] - row["waited_s"]) for row in mine)
+        behind = sum(row["behind"] for row in mine)
+        cells.append(f"{kind}: the round before still running at {behind} of {len(mine)} syncs, waiting for it "
+                     f"{waited:.2f} ms median, the rest {rest:.2f} ms median")
+    return f"# {label}, every learner's syncs: " + "; ".join(cells)
+
+
 def table_row(path: str, model: str, k: int, rows: list[dict], size_mib: float) -> str:
     def slowest(kind: str) -> list[float]:
         per_round: dict[int, float] = {}
@@ -351,6 +371,7 @@ def main() -> None:
           "redistributing stall, median (p90) ms | redistributing, after the last arrival, median (p90) ms | "
           "plain stall / step (%) | blocking round ms, plain / redistr. | throughput vs no sync |")
     print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    parts = []
     for model_name in args.models:
         for k in args.learners:
             config = bench_config(model_name, k, args.device, args.batch_size)
@@ -365,6 +386,9 @@ def main() -> None:
                                               shared_memory=not args.no_shared_memory)
                     label = f"collective ({next(r['transport'] for r in rows if 'transport' in r)})"
                 print(table_row(label, model_name, k, rows, size), flush=True)
+                parts.append(stall_parts(f"{label}, {model_name}, K = {k}", rows))
+    for line in parts:
+        print(line)
     ray.shutdown()
 
 
