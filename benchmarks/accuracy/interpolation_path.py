@@ -184,6 +184,12 @@ def path_for_seed(runs: Path, seed: int, pair: Pair = PAIRS["generalist-d"]) -> 
             "points": config.eval.n_examples, "pgd_steps": config.eval.pgd_steps}
 
 
+def over_seeds(results: list[dict]) -> str:
+    """What a table's numbers are: one seed's, or the mean ± std over several."""
+    seeds = [str(r["seed"]) for r in results]
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"mean ± std over seeds {', '.join(seeds)}"
+
+
 def write_table(results: list[dict], command: str) -> str:
     pgd = "pgd_acc_Linf"
     lines = [
@@ -193,7 +199,7 @@ def write_table(results: list[dict], command: str) -> str:
         "statistics). Each row: the learners' final EMA weights interpolated, w x natural + (1 - w) x linf,",
         f"scored on the run's first {results[0]['points']} validation points, clean / PGD-{results[0]['pgd_steps']}"
         " Linf (eps 8/255), in %,",
-        f"mean ± std over seeds {', '.join(str(r['seed']) for r in results)}. `stored`: running statistics"
+        f"{over_seeds(results)}. `stored`: running statistics"
         " interpolated like the weights;",
         "`re-estimated`: the run's rule (generalist/bn_stats.py) with the shares set by w. The global learner itself",
         "is an EMA over rounds of the learners' mixture while its weight moves, so it sits near, not on, the",
@@ -300,8 +306,7 @@ def write_table_mn(results: list[dict], command: str, pair: Pair = PAIRS["genera
         f"The path goes from {pair.description}. Each row: the learners' final EMA weights mixed,",
         f"{mix}, scored on the run's first {results[0]['points']} validation points: clean,"
         f" PGD-{results[0]['pgd_steps']} Linf (eps 8/255), PGD L2 (eps 0.5)",
-        "and their union (right clean and under both attacks), in %, mean ± std over seeds "
-        f"{', '.join(str(r['seed']) for r in results)}.",
+        f"and their union (right clean and under both attacks), in %, {over_seeds(results)}.",
         "`stored`: running statistics interpolated like the weights; `re-estimated`: the run's rule",
         f"(generalist/bn_stats.py) with the shares set by w. "
         + (f"The global learner sits near the path's w = {final_w} point (its final {pair.end} weight);"

@@ -186,3 +186,9 @@ def test_a_path_off_the_global_gives_the_other_learners_no_weight_and_claims_no_
     assert "not on this path" in table and "sits near" not in table and "How far" not in table
     rows = [line.split("|") for line in table.splitlines() if line.startswith(("| 0.", "| 1."))]
     assert len(rows) == 11 and [cells[1].strip() for cells in rows if cells[10].strip() == "yes"] == ["0.2"]
+
+
+def test_a_table_of_one_seed_says_so_and_one_of_several_gives_their_mean_and_std():
+    path = load_interpolation_path()
+    assert path.over_seeds([{"seed": 1}]) == "seed 1"
+    assert path.over_seeds([{"seed": 0}, {"seed": 2}]) == "mean ± std over seeds 0, 2"

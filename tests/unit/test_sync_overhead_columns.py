@@ -3,19 +3,17 @@ not charged to the sync."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+
+from conftest import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "sync_overhead.py"
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("sync_overhead", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "sync_overhead")
 
 
 def test_the_syncs_own_stall_runs_from_the_last_arrival_to_the_last_resume():
