@@ -44,6 +44,7 @@ import statistics
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
@@ -277,16 +278,21 @@ def measure_object_store(config: GeneralistConfig, device: str, rounds: int, ste
     return rows
 
 
+def per_round_max(rows: list[dict], kind: str, value: Callable[[dict], float]) -> dict[int, float]:
+    """round -> the largest `value` over the learners' rows of `kind` in that round."""
+    most: dict[int, float] = {}
+    for row in rows:
+        if row["kind"] == kind:
+            most[row["round"]] = max(most.get(row["round"], float("-inf")), value(row))
+    return most
+
+
 def after_last_arrival(rows: list[dict], kind: str) -> list[float]:
     """Per round of `kind`, from the moment the last learner ended its step to the moment the last one resumed:
     the sync's own stall, without the wait for a peer whose step ended later (perf_counter is the host's monotonic
     clock, one clock for every process of this one-node benchmark)."""
-    arrived: dict[int, float] = {}
-    resumed: dict[int, float] = {}
-    for row in rows:
-        if row["kind"] == kind:
-            arrived[row["round"]] = max(arrived.get(row["round"], float("-inf")), row["arrived"])
-            resumed[row["round"]] = max(resumed.get(row["round"], float("-inf")), row["arrived"] + row["stall_s"])
+    arrived = per_round_max(rows, kind, lambda row: row["arrived"])
+    resumed = per_round_max(rows, kind, lambda row: row["arrived"] + row["stall_s"])
     return [resumed[r] - arrived[r] for r in sorted(arrived)]
 
 
@@ -308,11 +314,7 @@ def stall_parts(label: str, rows: list[dict]) -> str:
 
 def table_row(path: str, model: str, k: int, rows: list[dict], size_mib: float) -> str:
     def slowest(kind: str) -> list[float]:
-        per_round: dict[int, float] = {}
-        for row in rows:
-            if row["kind"] == kind:
-                per_round[row["round"]] = max(per_round.get(row["round"], 0.0), row["stall_s"])
-        return list(per_round.values())
+        return list(per_round_max(rows, kind, lambda row: row["stall_s"]).values())
 
     steps = [row["step_s"] for row in rows if "step_s" in row and row["kind"] in ("plain", "redistributing")]
     step_ms = 1000 * statistics.median(steps)
