@@ -29,7 +29,8 @@ for its own stream only (the stall includes what the sync put in its way, not th
 and the 90th percentile over `--rounds` rounds after 2 warm-up rounds, slowest learner per round; one run.
 A learner's stall also holds its wait for a peer whose step ended later, which no sync can remove; `after the
 last arrival` is the part that is the sync's own: per round, from the end of the last learner's step to the
-moment the last learner resumed.
+moment the last learner resumed; a line after the table says where it goes (the gather, the fold, the load into
+the model), timed on that learner around the sync's own methods.
 
     python benchmarks/sync_overhead.py [--models small-cnn resnet18 wrn-34-10] [--learners 2 3] [--rounds 20]
                                        [--device cpu|cuda] [--step real | --step-ms 1000] [--paths ...]
@@ -137,6 +138,29 @@ def summary(values: list[float]) -> tuple[float, float]:
 # --- the collective path: the Ray backend's own CollectiveSync inside a Ray Train worker group ------------
 
 
+class RoundClock:
+    """When the parts of this worker's round began and ended (perf_counter): the gather of the learners' EMAs
+    (the copy into shared memory and the barrier, or the all-gather) and the fold. It wraps the sync's own
+    methods, so it times the very code the Ray backend runs, at the cost of two clock reads a part."""
+
+    def __init__(self, sync: CollectiveSync):
+        self.marks: dict[str, tuple[float, float]] = {}
+        sync._gather = self.timed("gather", sync._gather)
+        sync.global_learner.fold = self.timed("fold", sync.global_learner.fold)
+
+    def timed(self, part: str, method: Callable) -> Callable:
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            result = method(*args, **kwargs)
+            self.marks[part] = (start, time.perf_counter())
+            return result
+        return wrapper
+
+    def take(self) -> dict[str, tuple[float, float]]:
+        marks, self.marks = self.marks, {}
+        return marks
+
+
 def collective_worker(spec: dict) -> None:
     config = GeneralistConfig.from_dict(spec["config"])
     rank = ray_train.get_context().get_world_rank()
@@ -153,6 +177,7 @@ def collective_worker(spec: dict) -> None:
                           missing=lambda step: ray.get(coordinator.missing.remote(step)),
                           shared_memory=joined["shared_memory"] and spec["shared_memory"])
     transport = "shared memory" if sync.shared is not None else joined["mixing_backend"]
+    clock = RoundClock(sync)
     rows = []
     for kind, epoch in epochs_of(config).items():
         # The same steps without syncs, every learner at once (the same load): what the group would train at
@@ -167,7 +192,9 @@ def collective_worker(spec: dict) -> None:
             behind = sync.in_flight is not None and not sync.in_flight.done()  # the round before still running
             sync.wait()  # what exchange() does first; timed apart, so that the stall can be split
             waited = time.perf_counter() - start
+            clock.take()  # the round before's marks: this round's are read after it
             loaded = sync.exchange(epoch, 1, {rank: stepper.learner.ema_buffer})
+            handed_back = time.perf_counter()
             if loaded is not None:
                 stepper.learner.load_global_(loaded)
             if device.type == "cuda":  # this learner's own stream: its next step waits for nothing else
@@ -175,8 +202,8 @@ def collective_worker(spec: dict) -> None:
             stall = time.perf_counter() - start
             if r >= WARMUP:
                 rows.append({"rank": rank, "kind": kind, "round": r, "stall_s": stall, "step_s": step_s,
-                             "arrived": start, "behind": behind, "waited_s": waited,
-                             "transport": transport})
+                             "arrived": start, "behind": behind, "waited_s": waited, "transport": transport,
+                             **({"marks": clock.take(), "handed_back": handed_back} if loaded is not None else {})})
         for r in range(WARMUP + spec["rounds"]):  # blocking rounds: the cost the background work hides
             start = time.perf_counter()
             sync.exchange(epoch, 1, {rank: stepper.learner.ema_buffer})
@@ -312,6 +339,28 @@ def stall_parts(label: str, rows: list[dict]) -> str:
     return f"# {label}, every learner's syncs: " + "; ".join(cells)
 
 
+def last_arrival_parts(label: str, rows: list[dict]) -> str:
+    """Where the sync's own stall goes: for the last learner to end its step in each redistributing round, the
+    median time from that moment to the start and end of its gather, the end of its fold, the global state handed
+    back to it, and the end of the load into its model (its resume)."""
+    last: dict[int, dict] = {}
+    for row in rows:
+        if row["kind"] == "redistributing" and "marks" in row:
+            if row["round"] not in last or row["arrived"] > last[row["round"]]["arrived"]:
+                last[row["round"]] = row
+    if not last:
+        return f"# {label}: no parts (object-store path)"
+    points = {"gather began": lambda row: row["marks"]["gather"][0],
+              "gather ended": lambda row: row["marks"]["gather"][1],
+              "fold ended": lambda row: row["marks"]["fold"][1],
+              "state handed back": lambda row: row["handed_back"],
+              "loaded (resumed)": lambda row: row["arrived"] + row["stall_s"]}
+    cells = [f"{name} {statistics.median(1000 * (at(row) - row['arrived']) for row in last.values()):.1f}"
+             for name, at in points.items()]
+    return (f"# {label}, the last learner to arrive at a redistributing sync, median ms after its arrival: "
+            + ", ".join(cells))
+
+
 def table_row(path: str, model: str, k: int, rows: list[dict], size_mib: float) -> str:
     def slowest(kind: str) -> list[float]:
         return list(per_round_max(rows, kind, lambda row: row["stall_s"]).values())
@@ -389,6 +438,7 @@ def main() -> None:
                     label = f"collective ({next(r['transport'] for r in rows if 'transport' in r)})"
                 print(table_row(label, model_name, k, rows, size), flush=True)
                 parts.append(stall_parts(f"{label}, {model_name}, K = {k}", rows))
+                parts.append(last_arrival_parts(f"{label}, {model_name}, K = {k}", rows))
     for line in parts:
         print(line)
     ray.shutdown()

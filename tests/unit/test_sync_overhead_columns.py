@@ -41,3 +41,22 @@ def test_the_stall_is_split_into_the_wait_for_the_round_before_and_the_rest():
     assert "plain: the round before still running at 2 of 3 syncs, waiting for it 8.00 ms median, " \
            "the rest 2.00 ms median" in line, line
     assert bench.stall_parts("object store", [{"kind": "plain", "stall_s": 0.1}]).endswith("no split (object-store path)")
+
+
+def test_the_parts_are_timed_on_the_last_learner_to_arrive():
+    bench = load()
+
+    def row(rnd, rank, arrived, gather, fold_end, handed_back, stall):
+        return {"kind": "redistributing", "round": rnd, "rank": rank, "arrived": arrived, "stall_s": stall,
+                "marks": {"gather": gather, "fold": (gather[1], fold_end)}, "handed_back": handed_back}
+
+    rows = [row(0, 0, 1.000, (1.001, 1.020), 1.040, 1.041, 0.050),  # waits for rank 1: not the one timed
+            row(0, 1, 1.010, (1.011, 1.020), 1.040, 1.041, 0.040),
+            row(1, 0, 2.000, (2.001, 2.012), 2.032, 2.033, 0.040),
+            row(1, 1, 1.990, (1.991, 2.012), 2.032, 2.033, 0.050),
+            {"kind": "plain", "round": 0, "rank": 0, "arrived": 0.0, "stall_s": 1.0}]
+    line = bench.last_arrival_parts("collective (test)", rows)
+    # round 0 timed on rank 1 (gather 1-10, fold to 30, back 31, resumed 40), round 1 on rank 0 (1-12, 32, 33, 40)
+    assert line.endswith("median ms after its arrival: gather began 1.0, gather ended 11.0, fold ended 31.0, "
+                         "state handed back 32.0, loaded (resumed) 40.0"), line
+    assert bench.last_arrival_parts("object store", rows[-1:]).endswith("no parts (object-store path)")
