@@ -78,7 +78,7 @@ def test_the_multi_norm_path_beats_max_only_where_every_seeds_union_reaches_its_
     rows = {cells[1].strip(): cells for cells in (line.split("|") for line in table.splitlines())
             if len(cells) > 2 and cells[1].strip()[:2] in ("0.", "1.")}
     assert {w: rows[w][10].strip() for w in ("0.4", "0.5", "0.6", "0.0")} == \
-        {"0.4": "yes", "0.5": "no", "0.6": "no", "0.0": "no"}
+        {"0.4": "yes (yes, yes)", "0.5": "no (yes, no)", "0.6": "no (no, yes)", "0.0": "no (no, no)"}
     assert rows["0.5"][9].strip() == "22.95 ± 2.76"  # re-estimated union, mean ± std over the seeds
     path.plot_mn(results, tmp_path / "mn.png")
     assert (tmp_path / "mn.png").stat().st_size > 10_000
@@ -139,7 +139,8 @@ def test_generalist_t_s_table_compares_each_seed_with_its_own_avg_and_keeps_the_
     rows = {cells[1].strip(): cells for cells in (line.split("|") for line in table.splitlines())
             if len(cells) > 2 and cells[1].strip()[:2] in ("0.", "1.")}
     assert len(rows) == 12
-    assert {w: rows[w][10].strip() for w in ("0.0", "0.333", "1.0")} == {"0.0": "yes", "0.333": "no", "1.0": "no"}
+    assert {w: rows[w][10].strip() for w in ("0.0", "0.333", "1.0")} == \
+        {"0.0": "yes (yes, yes)", "0.333": "no (no, yes)", "1.0": "no (no, no)"}
     assert "| natural weight w |" in table and "union >= AVG (re-est.)" in table and "AVG final global" in table
     assert "w x natural + (1 - w) / 2 x (linf + l2)" in table and "interpolation-path-t.png" in table
     path.plot_mn(results, tmp_path / "t.png", pair)
