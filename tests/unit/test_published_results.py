@@ -55,3 +55,40 @@ def test_a_published_run_folder_holds_the_recipe_seed_and_run_its_name_says(run)
         recorded = Path(json.loads(evaluation.read_text())["model"]["run_dir"]).name
         assert recorded == run.name or (trained_as.is_file() and recorded in trained_as.read_text()), (
             f"{evaluation} scored the run folder {recorded!r}; a TRAINED_AS.txt beside it must say why")
+
+
+def answer_rows(readme: str) -> list[list[str]]:
+    """The rows of the table under the README's "Does Generalist beat its baselines?" answer."""
+    after = readme.split("**Does Generalist beat its baselines?", 1)[1]
+    table = after.split("\n\n", 2)[1]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:]]
+
+
+def paired_difference(study: str, generalist: str, baseline: str) -> dict[str, str]:
+    """The study table's first "generalist - baseline" row (the final global as shipped), by column name."""
+    lines = study.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith(f"| {generalist} - {baseline} |"))
+    header = next(lines[i] for i in range(at, -1, -1) if lines[i].startswith("| difference"))
+    names = [c.strip() for c in header.strip("|").split("|")]
+    return dict(zip(names, (c.strip() for c in lines[at].strip("|").split("|"))))
+
+
+def test_the_readme_s_answer_quotes_the_study_tables_it_names():
+    """The one-table answer in the README's Results section is the studies' own paired differences, so a new seed
+    in a study table cannot leave the README's answer behind."""
+    readme = (RESULTS.parents[1] / "README.md").read_text()
+    rows = answer_rows(readme)
+    assert len(rows) >= 4
+    converged = RESULTS / "accuracy" / "converged"
+    for name, seeds, clean, linf, l2, _goal in rows:
+        generalist, baseline = (part.strip().strip("`").removesuffix("-cpu") for part in name.split(" - "))
+        study = (converged / ("study.md" if generalist == "generalist-d" else "study-multinorm.md")).read_text()
+        row = paired_difference(study, generalist, baseline)
+        assert seeds.replace(" ", "") == row["seeds"], name
+        for quoted, column in ((clean, "clean"), (linf, "union"), (l2, "L2")):
+            published = row.get(column)
+            if published is None:
+                assert quoted == "-", f"{name}: {column} is quoted but the study has no such column"
+                continue
+            assert float(quoted.split(" ± ")[0]) == float(published.split(" ± ")[0]), f"{name}, {column}"
+            assert quoted.split(" ± ")[1] == published.split(" ± ")[1].split(" (")[0], f"{name}, {column}"
