@@ -57,11 +57,16 @@ def test_a_published_run_folder_holds_the_recipe_seed_and_run_its_name_says(run)
             f"{evaluation} scored the run folder {recorded!r}; a TRAINED_AS.txt beside it must say why")
 
 
+def cells(line: str) -> list[str]:
+    """A markdown table row's cells, stripped."""
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
 def answer_rows(readme: str) -> list[list[str]]:
     """The rows of the table under the README's "Does Generalist beat its baselines?" answer."""
     after = readme.split("**Does Generalist beat its baselines?", 1)[1]
     table = after.split("\n\n", 2)[1]
-    return [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:]]
+    return [cells(line) for line in table.splitlines()[2:]]
 
 
 def paired_difference(study: str, generalist: str, baseline: str) -> dict[str, str]:
@@ -69,8 +74,7 @@ def paired_difference(study: str, generalist: str, baseline: str) -> dict[str, s
     lines = study.splitlines()
     at = next(i for i, line in enumerate(lines) if line.startswith(f"| {generalist} - {baseline} |"))
     header = next(lines[i] for i in range(at, -1, -1) if lines[i].startswith("| difference"))
-    names = [c.strip() for c in header.strip("|").split("|")]
-    return dict(zip(names, (c.strip() for c in lines[at].strip("|").split("|"))))
+    return dict(zip(cells(header), cells(lines[at])))
 
 
 def test_the_readme_s_answer_quotes_the_study_tables_it_names():
