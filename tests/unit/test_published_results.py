@@ -77,6 +77,37 @@ def paired_difference(study: str, generalist: str, baseline: str) -> dict[str, s
     return dict(zip(cells(header), cells(lines[at])))
 
 
+def model_rows(readme: str) -> list[list[str]]:
+    """The rows of the README's table of the models themselves, under the answer."""
+    after = readme.split("**The models themselves**", 1)[1]
+    table = after.split("\n\n", 2)[1]
+    return [cells(line) for line in table.splitlines()[2:]]
+
+
+def final_as_shipped(study: str, recipe: str) -> dict[str, str]:
+    """One recipe's row of a study file's first table (the final global learner as shipped), by column."""
+    lines = study.splitlines()
+    first = lines.index(next(line for line in lines if line.startswith("## Final global learner")))
+    header = next(line for line in lines[first:] if line.startswith("| run |"))
+    row = next(line for line in lines[first:] if line.startswith(f"| {recipe} |"))
+    return dict(zip(cells(header), cells(row)))
+
+
+def test_the_readme_s_model_table_quotes_the_study_tables():
+    """The README's table of each recipe's final global is the studies' first table, seeds, means and stds."""
+    readme = (RESULTS.parents[1] / "README.md").read_text()
+    rows = model_rows(readme)
+    assert len(rows) == 7
+    converged = RESULTS / "accuracy" / "converged"
+    for name, seeds, clean, linf, l2 in rows:
+        recipe = name.strip("`").removesuffix("-cpu")
+        study = (converged / ("study-multinorm.md" if l2 != "-" else "study.md")).read_text()
+        row = final_as_shipped(study, recipe)
+        assert seeds.replace(" ", "") == row["seeds"], name
+        for quoted, column in ((clean, "clean"), (linf, "union"), (l2, "L2")):
+            assert quoted == row.get(column, "-"), f"{name}, {column}"
+
+
 def test_the_readme_s_answer_quotes_the_study_tables_it_names():
     """The one-table answer in the README's Results section is the studies' own paired differences, so a new seed
     in a study table cannot leave the README's answer behind."""
