@@ -87,7 +87,7 @@ def model_rows(readme: str) -> list[list[str]]:
 def final_as_shipped(study: str, recipe: str) -> dict[str, str]:
     """One recipe's row of a study file's first table (the final global learner as shipped), by column."""
     lines = study.splitlines()
-    first = lines.index(next(line for line in lines if line.startswith("## Final global learner")))
+    first = next(i for i, line in enumerate(lines) if line.startswith("## Final global learner"))
     header = next(line for line in lines[first:] if line.startswith("| run |"))
     row = next(line for line in lines[first:] if line.startswith(f"| {recipe} |"))
     return dict(zip(cells(header), cells(row)))
