@@ -62,9 +62,9 @@ def cells(line: str) -> list[str]:
     return [c.strip() for c in line.strip("|").split("|")]
 
 
-def answer_rows(readme: str) -> list[list[str]]:
-    """The rows of the table under the README's "Does Generalist beat its baselines?" answer."""
-    after = readme.split("**Does Generalist beat its baselines?", 1)[1]
+def table_rows_after(readme: str, marker: str) -> list[list[str]]:
+    """The rows of the first table after `marker` in the README (header and rule left out)."""
+    after = readme.split(marker, 1)[1]
     table = after.split("\n\n", 2)[1]
     return [cells(line) for line in table.splitlines()[2:]]
 
@@ -75,13 +75,6 @@ def paired_difference(study: str, generalist: str, baseline: str) -> dict[str, s
     at = next(i for i, line in enumerate(lines) if line.startswith(f"| {generalist} - {baseline} |"))
     header = next(lines[i] for i in range(at, -1, -1) if lines[i].startswith("| difference"))
     return dict(zip(cells(header), cells(lines[at])))
-
-
-def model_rows(readme: str) -> list[list[str]]:
-    """The rows of the README's table of the models themselves, under the answer."""
-    after = readme.split("**The models themselves**", 1)[1]
-    table = after.split("\n\n", 2)[1]
-    return [cells(line) for line in table.splitlines()[2:]]
 
 
 def final_as_shipped(study: str, recipe: str) -> dict[str, str]:
@@ -96,7 +89,7 @@ def final_as_shipped(study: str, recipe: str) -> dict[str, str]:
 def test_the_readme_s_model_table_quotes_the_study_tables():
     """The README's table of each recipe's final global is the studies' first table, seeds, means and stds."""
     readme = (RESULTS.parents[1] / "README.md").read_text()
-    rows = model_rows(readme)
+    rows = table_rows_after(readme, "**The models themselves**")
     assert len(rows) == 7
     converged = RESULTS / "accuracy" / "converged"
     for name, seeds, clean, linf, l2 in rows:
@@ -112,7 +105,7 @@ def test_the_readme_s_answer_quotes_the_study_tables_it_names():
     """The one-table answer in the README's Results section is the studies' own paired differences, so a new seed
     in a study table cannot leave the README's answer behind."""
     readme = (RESULTS.parents[1] / "README.md").read_text()
-    rows = answer_rows(readme)
+    rows = table_rows_after(readme, "**Does Generalist beat its baselines?")
     assert len(rows) >= 4
     converged = RESULTS / "accuracy" / "converged"
     for name, seeds, clean, linf, l2, _goal in rows:
